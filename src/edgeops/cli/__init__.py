@@ -1,0 +1,112 @@
+"""The ``edgeops`` command line: one command group per area, thin over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ._common import EdgeopsGroup, console, kv_table, print_json
+from . import data as data_cmds
+from . import models as models_cmds
+from . import runs as runs_cmds
+
+app = typer.Typer(
+    cls=EdgeopsGroup,
+    help="edgeops: from data to a fleet of edge devices, and keeping the models healthy there.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data_cmds.app, name="data")
+app.add_typer(runs_cmds.app, name="runs")
+app.add_typer(models_cmds.app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgeops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="Workspace folder (holds edgeops.toml). Default: $EDGEOPS_HOME or the nearest "
+            "edgeops.toml above the current folder.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """edgeops: from data to a fleet of edge devices, and keeping the models healthy there.
+
+    Example: `edgeops init && edgeops data add readings.csv --name readings`
+    """
+    ctx.obj = {"workspace": workspace}
+
+
+@app.command("init")
+def init(
+    folder: Annotated[Path, typer.Argument(help="Folder for the workspace.")] = Path("."),
+    db_url: Annotated[
+        str | None,
+        typer.Option(help="Database URL, e.g. postgresql://user@host/db. Default: SQLite in DIR."),
+    ] = None,
+    mqtt_url: Annotated[str | None, typer.Option(help="MQTT broker URL.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a workspace: edgeops.toml plus a local store (an existing one is left as it is).
+
+    Example: `edgeops init my-project --db-url postgresql://postgres@127.0.0.1/edgeops`
+    """
+    from ..workspace import Workspace
+
+    ws, created = Workspace.init(folder, db_url=db_url, mqtt_url=mqtt_url)
+    info = {"created": created, **ws.settings.describe(), "schema": ws.db.schema_version()}
+    ws.close()
+    if json_out:
+        print_json(info)
+        return
+    verb = "Created" if created else "Found existing"
+    console.print(f"{verb} workspace in [bold]{ws.settings.home}[/]")
+    console.print(kv_table(None, info))
+
+
+@app.command("info")
+def info(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the workspace's settings, its store's schema version and what it holds.
+
+    Example: `edgeops info --json`
+    """
+    from ._common import workspace
+
+    ws = workspace(ctx)
+    out = {
+        **ws.settings.describe(),
+        "schema": ws.db.schema_version(),
+        "datasets": len(ws.data.names()),
+        "models": len(ws.registry.models()),
+    }
+    if json_out:
+        print_json(out)
+    else:
+        console.print(kv_table(None, out))
+
+
+def main() -> None:
+    app()

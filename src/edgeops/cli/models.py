@@ -1,0 +1,218 @@
+"""``edgeops models``: the model registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import JSON_HELP, console, kv_table, print_json, table, when, workspace
+
+app = typer.Typer(
+    help="The model registry: register, list, show, alias, lineage, get.", no_args_is_help=True
+)
+
+
+def version_dict(mv: Any, aliases: list[str]) -> dict[str, Any]:
+    return {
+        "ref": mv.ref,
+        "name": mv.model.name,
+        "version": mv.version,
+        "flavor": mv.flavor,
+        "aliases": aliases,
+        "created_at": mv.created_at,
+        "author": mv.author,
+        "description": mv.description,
+        "run": mv.run_id,
+        "dataset": mv.dataset_version.ref if mv.dataset_version else None,
+        "features": mv.feature_ref or None,
+        "labels": mv.labels,
+        "params": mv.params,
+        "metrics": mv.metrics,
+        "variants": [
+            {"name": v.name, "format": v.format, "size": v.size, "sha256": v.sha256,
+             "metrics": v.metrics, "meta": v.meta}
+            for v in mv.variants
+        ],
+    }
+
+
+@app.command("register")
+def register(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    file: Annotated[Path, typer.Option("--file", "-f", help=".skops, .keras, .onnx or .tflite")],
+    run: Annotated[str | None, typer.Option(help="Run that trained it (params, metrics, data).")]
+    = None,
+    data: Annotated[str | None, typer.Option(help="Training data set, NAME@VERSION.")] = None,
+    description: Annotated[str, typer.Option(help="What this version is.")] = "",
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Register a model file as the next version of a model.
+
+    Example: `edgeops models register wrist --file model.skops --run 3f9a`
+    """
+    ws = workspace(ctx)
+    run_id = ws.runs.get(run).id if run else None
+    dv_id = ws.data.get(data).id if data else None
+    mv = ws.registry.register_file(name, file, run_id=run_id, dataset_version_id=dv_id,
+                                   description=description)
+    if json_out:
+        print_json(version_dict(mv, []))
+    else:
+        console.print(f"Registered [bold]{mv.ref}[/]")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """List models with their latest version and aliases.
+
+    Example: `edgeops models list`
+    """
+    rows = workspace(ctx).registry.models()
+    if json_out:
+        print_json(rows)
+        return
+    console.print(table("Models", ["name", "versions", "latest", "aliases", "updated"], [
+        [r["name"], r["versions"], r["latest"],
+         ", ".join(f"{a}→{v}" for a, v in sorted(r["aliases"].items())), when(r["updated_at"])]
+        for r in rows
+    ]))
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")],
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Show a model card: lineage, hyper-parameters, metrics and variants.
+
+    Example: `edgeops models show wrist@production`
+    """
+    reg = workspace(ctx).registry
+    mv = reg.get_version(ref)
+    aliases = sorted(a for a, v in reg.aliases_of(mv.model.name).items() if v == mv.version)
+    d = version_dict(mv, aliases)
+    if json_out:
+        print_json(d)
+        return
+    head = {k: d[k] for k in ("ref", "flavor", "aliases", "author", "description", "run",
+                              "dataset", "features", "labels")}
+    head["created_at"] = when(mv.created_at)
+    head["aliases"] = ", ".join(aliases)
+    console.print(kv_table(f"Model {mv.ref}", head))
+    if mv.params:
+        console.print(kv_table("Hyper-parameters", mv.params))
+    if mv.metrics:
+        console.print(kv_table("Metrics", mv.metrics))
+    metric_keys = sorted({k for v in d["variants"] for k in v["metrics"]})
+    console.print(table("Variants", ["variant", "format", "bytes", "sha256", *metric_keys], [
+        [v["name"], v["format"], v["size"], v["sha256"][:12],
+         *[v["metrics"].get(k) for k in metric_keys]]
+        for v in d["variants"]
+    ]))
+
+
+@app.command("alias")
+def alias(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION the alias should point to (or NAME "
+                                              "with --remove).")],
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="e.g. production, canary.")],
+    remove: Annotated[bool, typer.Option("--remove", help="Delete the alias instead.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Point an alias at a version (moving it if it exists; every move is kept).
+
+    Example: `edgeops models alias wrist@3 production` (and `wrist@2 production` to move back)
+    """
+    reg = workspace(ctx).registry
+    move = reg.remove_alias(ref.split("@")[0], alias_name) if remove else reg.set_alias(
+        ref, alias_name)
+    if json_out:
+        print_json(move.__dict__)
+        return
+    if move.to_version is None:
+        console.print(f"Removed {move.model}@{move.alias} (was version {move.from_version})")
+    elif move.from_version is None:
+        console.print(f"{move.model}@{move.alias} → version {move.to_version}")
+    else:
+        console.print(f"{move.model}@{move.alias} moved: version {move.from_version} → "
+                      f"{move.to_version}")
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Show every alias move of a model, oldest first.
+
+    Example: `edgeops models history wrist`
+    """
+    events = workspace(ctx).registry.alias_history(name)
+    rows = [{"alias": e.alias, "from": e.from_version, "to": e.to_version, "author": e.author,
+             "at": e.at} for e in events]
+    if json_out:
+        print_json(rows)
+        return
+    console.print(table(f"Alias moves of {name}", ["at", "alias", "from", "to", "by"], [
+        [when(r["at"]), r["alias"], r["from"], r["to"], r["author"]] for r in rows
+    ]))
+
+
+@app.command("lineage")
+def lineage(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION or NAME@ALIAS.")],
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Show where a version came from (run, seeds, data, features) and its variants.
+
+    Example: `edgeops models lineage wrist@production`
+    """
+    from rich.tree import Tree
+
+    lin = workspace(ctx).registry.lineage(ref)
+    if json_out:
+        print_json(lin)
+        return
+    aliases = f" ({', '.join(lin['aliases'])})" if lin["aliases"] else ""
+    tree = Tree(f"[bold]{lin['model']}[/]{aliases} by {lin['author']} at {lin['created_at']}")
+    if lin["run"]:
+        r = lin["run"]
+        node = tree.add(f"run {r['id']} [{r['status']}] seeds={r['seeds']}")
+        if r["git_commit"]:
+            node.add(f"git {r['git_commit'][:12]}{' (dirty)' if r['git_dirty'] else ''}")
+        if r["config"]:
+            node.add(f"config {r['config']}")
+    if lin["dataset"]:
+        d = lin["dataset"]
+        tree.add(f"data {d['ref']} ({d['rows']} rows, sha256 {d['sha256'][:12]})")
+    if lin["features"]:
+        tree.add(f"features {lin['features']}")
+    variants = tree.add("variants")
+    for v in lin["variants"]:
+        variants.add(f"{v['name']}: {v['format']}, {v['size']} bytes, sha256 {v['sha256'][:12]}")
+    console.print(tree)
+
+
+@app.command("get")
+def get(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION or NAME@ALIAS.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    variant: Annotated[str, typer.Option("--variant", "-v", help="Which variant.")] = "original",
+) -> None:
+    """Write a variant's verified bytes to a file.
+
+    Example: `edgeops models get wrist@production --variant tflite-int8 --out wrist.tflite`
+    """
+    v = workspace(ctx).registry.export_variant(ref, variant, out)
+    console.print(f"Wrote {variant} ({v.format}, {v.size} bytes, sha256 {v.sha256[:12]}) to {out}")

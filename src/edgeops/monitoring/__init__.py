@@ -1,0 +1,1 @@
+"""Monitoring: drift and skew metrics over binned distributions."""

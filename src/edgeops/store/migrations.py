@@ -1,0 +1,19 @@
+"""Schema versions of the metadata store and the steps between them.
+
+``SCHEMA_VERSION`` is the version this release writes. ``MIGRATIONS[n]`` turns a
+store at version ``n - 1`` into version ``n``; they run in order inside one
+transaction when an older store is opened, so an older store is upgraded, never
+broken. A store newer than ``SCHEMA_VERSION`` is refused (the user must upgrade
+edgeops). Old steps are kept forever and tested from a version-1 store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+
+SCHEMA_VERSION = 1
+
+# version -> step from version-1 to version; 1 is the initial create_all.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
