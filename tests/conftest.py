@@ -93,7 +93,13 @@ def store_snapshot(workspace) -> dict:
             for t in Base.metadata.sorted_tables
         }
     root = workspace.settings.artifact_root
-    files = sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "staging" not in p.parts
-    ) if root.exists() else []
+    files = (
+        sorted(
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and "staging" not in p.parts
+        )
+        if root.exists()
+        else []
+    )
     return {"rows": counts, "files": files}

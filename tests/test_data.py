@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import store_snapshot
-from edgeops_protocol.histogram import histogram
 
+from conftest import store_snapshot
 from edgeops.errors import InvalidInput, InvalidReference, NotFound
+from edgeops_protocol.histogram import histogram
 
 
 def _frame(n: int = 200, seed: int = 0, shift: float = 0.0) -> pd.DataFrame:

@@ -171,8 +171,8 @@ def settings_from(base: Path, data: Mapping, env: Mapping[str, str]) -> Settings
     store = data.get("store", {})
     db_url = env.get("EDGEOPS_DB_URL") or store.get("url") or default_db_url(base)
     artifacts = env.get("EDGEOPS_ARTIFACTS") or store.get("artifacts") or ".edgeops/artifacts"
-    mqtt_url = env.get("EDGEOPS_MQTT_URL") or data.get("mqtt", {}).get("url") or (
-        "mqtt://127.0.0.1:1883"
+    mqtt_url = (
+        env.get("EDGEOPS_MQTT_URL") or data.get("mqtt", {}).get("url") or ("mqtt://127.0.0.1:1883")
     )
     root = Path(artifacts)
     if not root.is_absolute():

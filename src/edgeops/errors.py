@@ -24,8 +24,8 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactCorrupt",
-    "Conflict",
     "ConfigError",
+    "Conflict",
     "EdgeopsError",
     "GateFailed",
     "InvalidInput",

@@ -34,9 +34,11 @@ _TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 def format_for_file(path: Path) -> str:
     fmt = MODEL_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        hint = " (pickles are refused: they run code when loaded)" if path.suffix in (
-            ".pkl", ".pickle", ".joblib"
-        ) else ""
+        hint = (
+            " (pickles are refused: they run code when loaded)"
+            if path.suffix in (".pkl", ".pickle", ".joblib")
+            else ""
+        )
         raise InvalidInput(
             f"{path.name}: unknown model format{hint}; save it as .skops, .keras, .onnx or .tflite"
         )
@@ -46,9 +48,7 @@ def format_for_file(path: Path) -> str:
 def _untrusted(data: bytes) -> list[str]:
     from skops.io import get_untrusted_types
 
-    return [
-        t for t in get_untrusted_types(data=data) if not t.startswith(_TRUSTED_PREFIXES)
-    ]
+    return [t for t in get_untrusted_types(data=data) if not t.startswith(_TRUSTED_PREFIXES)]
 
 
 def check_model_bytes(data: bytes, fmt: str) -> None:

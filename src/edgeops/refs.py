@@ -61,7 +61,8 @@ class Ref:
             return cls(name, alias=LATEST)
         if not ALIAS_RE.match(tail):
             raise InvalidReference(
-                f"{text!r} is not NAME, NAME@VERSION or NAME@ALIAS; e.g. wrist@3 or wrist@production"
+                f"{text!r} is not NAME, NAME@VERSION or NAME@ALIAS; "
+                "e.g. wrist@3 or wrist@production"
             )
         return cls(name, alias=tail)
 

@@ -266,7 +266,11 @@ class Registry:
                     f"set one with `edgeops models alias {r.name}@VERSION {r.alias}`"
                 )
             return alias.model_version
-        mv = s.execute(q.order_by(ModelVersion.version.desc()).limit(1)).unique().scalar_one_or_none()
+        mv = (
+            s.execute(q.order_by(ModelVersion.version.desc()).limit(1))
+            .unique()
+            .scalar_one_or_none()
+        )
         if mv is None:
             raise NotFound(f"model {r.name} has no versions")
         return mv
@@ -327,8 +331,7 @@ class Registry:
         mv = self.get_version(ref)
         with self.db.session() as s:
             aliases = [
-                a.alias
-                for a in s.execute(select(Alias).where(Alias.version_id == mv.id)).scalars()
+                a.alias for a in s.execute(select(Alias).where(Alias.version_id == mv.id)).scalars()
             ]
         run = mv.run
         dv = mv.dataset_version

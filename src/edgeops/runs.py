@@ -203,7 +203,9 @@ class RunStore:
         with self.db.session() as s:
             return self._get(s, run_id)
 
-    def list(self, limit: int = 50, status: str | None = None, name: str | None = None) -> list[Run]:
+    def list(
+        self, limit: int = 50, status: str | None = None, name: str | None = None
+    ) -> list[Run]:
         with self.db.session() as s:
             q = select(Run).order_by(Run.started_at.desc(), Run.id).limit(limit)
             if status:
@@ -222,5 +224,7 @@ class RunStore:
             keys = sorted({k for r in runs for k in getattr(r, part)})
             table = {k: [getattr(r, part).get(k) for r in runs] for k in keys}
             out[part] = table
-            out[f"{part}_differ"] = [k for k, vals in table.items() if len({repr(v) for v in vals}) > 1]
+            out[f"{part}_differ"] = [
+                k for k, vals in table.items() if len({repr(v) for v in vals}) > 1
+            ]
         return out

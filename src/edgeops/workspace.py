@@ -43,12 +43,12 @@ class Workspace:
                 raise ConfigError(f"cannot create a workspace in {home}: {exc}") from exc
             text = render_config(db_url, mqtt_url)
             ws = cls(settings_from(home, tomllib.loads(text), os.environ))
-            ws.db  # create (or check) the store before the config file marks a workspace
+            _ = ws.db  # create (or check) the store before the config file marks a workspace
             ws.close()
             atomic_write_bytes(config, text.encode())
             created = True
         ws = cls.open(home)
-        ws.db
+        _ = ws.db
         ws.settings.artifact_root.mkdir(parents=True, exist_ok=True)
         return ws, created
 

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ._common import EdgeopsGroup, console, kv_table, print_json
 from . import data as data_cmds
+from . import demo as demo_cmd
 from . import models as models_cmds
 from . import runs as runs_cmds
+from ._common import EdgeopsGroup, console, kv_table, print_json
 
 app = typer.Typer(
     cls=EdgeopsGroup,
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(runs_cmds.app, name="runs")
 app.add_typer(models_cmds.app, name="models")
+app.command("demo")(demo_cmd.demo)
 
 
 def _version(value: bool) -> None:

@@ -52,8 +52,10 @@ def add(
         print_json({"created": result.created, **version_dict(dv)})
         return
     if result.created:
-        console.print(f"Added [bold]{dv.ref}[/]: {dv.rows} rows, {len(dv.schema)} columns, "
-                      f"sha256 {dv.sha256[:12]}")
+        console.print(
+            f"Added [bold]{dv.ref}[/]: {dv.rows} rows, {len(dv.schema)} columns, "
+            f"sha256 {dv.sha256[:12]}"
+        )
     else:
         console.print(f"Unchanged: identical content is already [bold]{dv.ref}[/]")
 
@@ -76,8 +78,15 @@ def list_(
             "Data sets",
             ["name", "versions", "latest", "rows", "columns", "created", "message"],
             [
-                [r["name"], r["versions"], r["latest"], r["rows"], r["columns"],
-                 when(r["created_at"]), r["message"]]
+                [
+                    r["name"],
+                    r["versions"],
+                    r["latest"],
+                    r["rows"],
+                    r["columns"],
+                    when(r["created_at"]),
+                    r["message"],
+                ]
                 for r in rows
             ],
         )
@@ -109,12 +118,25 @@ def show(
     console.print(kv_table(f"Data set {dv.ref}", head))
     rows = []
     for col, p in dv.profile["columns"].items():
-        rows.append([
-            col, p["kind"], p["missing"], p.get("min"), p.get("max"), p.get("mean"), p.get("std"),
-            len(p["bin_edges"]) - 1 if "bin_edges" in p else p.get("distinct", ""),
-        ])
-    console.print(table("Profile", ["column", "kind", "missing", "min", "max", "mean", "std",
-                                    "bins/distinct"], rows))
+        rows.append(
+            [
+                col,
+                p["kind"],
+                p["missing"],
+                p.get("min"),
+                p.get("max"),
+                p.get("mean"),
+                p.get("std"),
+                len(p["bin_edges"]) - 1 if "bin_edges" in p else p.get("distinct", ""),
+            ]
+        )
+    console.print(
+        table(
+            "Profile",
+            ["column", "kind", "missing", "min", "max", "mean", "std", "bins/distinct"],
+            rows,
+        )
+    )
 
 
 @app.command("diff")
@@ -132,24 +154,38 @@ def diff(
     if json_out:
         print_json(d)
         return
-    console.print(f"[bold]{d['from']}[/] → [bold]{d['to']}[/]: rows {d['rows']['from']} → "
-                  f"{d['rows']['to']}")
+    console.print(
+        f"[bold]{d['from']}[/] → [bold]{d['to']}[/]: rows {d['rows']['from']} → {d['rows']['to']}"
+    )
     for label, key in (("added", "added"), ("removed", "removed")):
         if d[key]:
             console.print(f"columns {label}: {', '.join(d[key])}")
     for r in d["retyped"]:
         console.print(f"column {r['column']} changed kind: {r['from']} → {r['to']}")
-    rows = []
-    for c in d["columns"]:
-        def ch(stat: str, c: dict = c) -> str:
-            if stat not in c:
-                return ""
-            f, t = c[stat]["from"], c[stat]["to"]
-            fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
-            return fmt(f) if f == t else f"{fmt(f)} → {fmt(t)}"
-        rows.append([c["column"], ch("missing"), ch("mean"), ch("std"), ch("min"), ch("max"),
-                     c.get("psi")])
+    rows = [
+        [
+            c["column"],
+            *(_change(c, s) for s in ("missing", "mean", "std", "min", "max")),
+            c.get("psi"),
+        ]
+        for c in d["columns"]
+    ]
     console.print(table("Columns", ["column", "missing", "mean", "std", "min", "max", "psi"], rows))
+
+
+def _short(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _change(col: dict, stat: str) -> str:
+    if stat not in col:
+        return ""
+    f, t = col[stat]["from"], col[stat]["to"]
+    return _short(f) if f == t else f"{_short(f)} → {_short(t)}"
+
+
+def _short(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 @app.command("get")

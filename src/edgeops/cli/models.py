@@ -31,8 +31,14 @@ def version_dict(mv: Any, aliases: list[str]) -> dict[str, Any]:
         "params": mv.params,
         "metrics": mv.metrics,
         "variants": [
-            {"name": v.name, "format": v.format, "size": v.size, "sha256": v.sha256,
-             "metrics": v.metrics, "meta": v.meta}
+            {
+                "name": v.name,
+                "format": v.format,
+                "size": v.size,
+                "sha256": v.sha256,
+                "metrics": v.metrics,
+                "meta": v.meta,
+            }
             for v in mv.variants
         ],
     }
@@ -43,8 +49,9 @@ def register(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Model name.")],
     file: Annotated[Path, typer.Option("--file", "-f", help=".skops, .keras, .onnx or .tflite")],
-    run: Annotated[str | None, typer.Option(help="Run that trained it (params, metrics, data).")]
-    = None,
+    run: Annotated[
+        str | None, typer.Option(help="Run that trained it (params, metrics, data).")
+    ] = None,
     data: Annotated[str | None, typer.Option(help="Training data set, NAME@VERSION.")] = None,
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -56,8 +63,9 @@ def register(
     ws = workspace(ctx)
     run_id = ws.runs.get(run).id if run else None
     dv_id = ws.data.get(data).id if data else None
-    mv = ws.registry.register_file(name, file, run_id=run_id, dataset_version_id=dv_id,
-                                   description=description)
+    mv = ws.registry.register_file(
+        name, file, run_id=run_id, dataset_version_id=dv_id, description=description
+    )
     if json_out:
         print_json(version_dict(mv, []))
     else:
@@ -77,11 +85,22 @@ def list_(
     if json_out:
         print_json(rows)
         return
-    console.print(table("Models", ["name", "versions", "latest", "aliases", "updated"], [
-        [r["name"], r["versions"], r["latest"],
-         ", ".join(f"{a}→{v}" for a, v in sorted(r["aliases"].items())), when(r["updated_at"])]
-        for r in rows
-    ]))
+    console.print(
+        table(
+            "Models",
+            ["name", "versions", "latest", "aliases", "updated"],
+            [
+                [
+                    r["name"],
+                    r["versions"],
+                    r["latest"],
+                    ", ".join(f"{a}→{v}" for a, v in sorted(r["aliases"].items())),
+                    when(r["updated_at"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @app.command("show")
@@ -101,8 +120,20 @@ def show(
     if json_out:
         print_json(d)
         return
-    head = {k: d[k] for k in ("ref", "flavor", "aliases", "author", "description", "run",
-                              "dataset", "features", "labels")}
+    head = {
+        k: d[k]
+        for k in (
+            "ref",
+            "flavor",
+            "aliases",
+            "author",
+            "description",
+            "run",
+            "dataset",
+            "features",
+            "labels",
+        )
+    }
     head["created_at"] = when(mv.created_at)
     head["aliases"] = ", ".join(aliases)
     console.print(kv_table(f"Model {mv.ref}", head))
@@ -111,18 +142,30 @@ def show(
     if mv.metrics:
         console.print(kv_table("Metrics", mv.metrics))
     metric_keys = sorted({k for v in d["variants"] for k in v["metrics"]})
-    console.print(table("Variants", ["variant", "format", "bytes", "sha256", *metric_keys], [
-        [v["name"], v["format"], v["size"], v["sha256"][:12],
-         *[v["metrics"].get(k) for k in metric_keys]]
-        for v in d["variants"]
-    ]))
+    console.print(
+        table(
+            "Variants",
+            ["variant", "format", "bytes", "sha256", *metric_keys],
+            [
+                [
+                    v["name"],
+                    v["format"],
+                    v["size"],
+                    v["sha256"][:12],
+                    *[v["metrics"].get(k) for k in metric_keys],
+                ]
+                for v in d["variants"]
+            ],
+        )
+    )
 
 
 @app.command("alias")
 def alias(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="NAME@VERSION the alias should point to (or NAME "
-                                              "with --remove).")],
+    ref: Annotated[
+        str, typer.Argument(help="NAME@VERSION the alias should point to (or NAME with --remove).")
+    ],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="e.g. production, canary.")],
     remove: Annotated[bool, typer.Option("--remove", help="Delete the alias instead.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -132,8 +175,11 @@ def alias(
     Example: `edgeops models alias wrist@3 production` (and `wrist@2 production` to move back)
     """
     reg = workspace(ctx).registry
-    move = reg.remove_alias(ref.split("@")[0], alias_name) if remove else reg.set_alias(
-        ref, alias_name)
+    move = (
+        reg.remove_alias(ref.split("@")[0], alias_name)
+        if remove
+        else reg.set_alias(ref, alias_name)
+    )
     if json_out:
         print_json(move.__dict__)
         return
@@ -142,8 +188,9 @@ def alias(
     elif move.from_version is None:
         console.print(f"{move.model}@{move.alias} → version {move.to_version}")
     else:
-        console.print(f"{move.model}@{move.alias} moved: version {move.from_version} → "
-                      f"{move.to_version}")
+        console.print(
+            f"{move.model}@{move.alias} moved: version {move.from_version} → {move.to_version}"
+        )
 
 
 @app.command("history")
@@ -157,14 +204,26 @@ def history(
     Example: `edgeops models history wrist`
     """
     events = workspace(ctx).registry.alias_history(name)
-    rows = [{"alias": e.alias, "from": e.from_version, "to": e.to_version, "author": e.author,
-             "at": e.at} for e in events]
+    rows = [
+        {
+            "alias": e.alias,
+            "from": e.from_version,
+            "to": e.to_version,
+            "author": e.author,
+            "at": e.at,
+        }
+        for e in events
+    ]
     if json_out:
         print_json(rows)
         return
-    console.print(table(f"Alias moves of {name}", ["at", "alias", "from", "to", "by"], [
-        [when(r["at"]), r["alias"], r["from"], r["to"], r["author"]] for r in rows
-    ]))
+    console.print(
+        table(
+            f"Alias moves of {name}",
+            ["at", "alias", "from", "to", "by"],
+            [[when(r["at"]), r["alias"], r["from"], r["to"], r["author"]] for r in rows],
+        )
+    )
 
 
 @app.command("lineage")

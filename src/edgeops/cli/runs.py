@@ -31,8 +31,7 @@ def run_dict(run: Any, full: bool = True) -> dict[str, Any]:
         "tags": run.tags,
     }
     if full:
-        out.update(config_name=run.config_name, config_text=run.config_text,
-                   packages=run.packages)
+        out.update(config_name=run.config_name, config_text=run.config_text, packages=run.packages)
     return out
 
 
@@ -55,12 +54,20 @@ def list_(
     rows = []
     for r in runs:
         metric = next(iter(r.metrics.items()), ("", ""))
-        rows.append([r.id, r.name, r.status, when(r.started_at),
-                     r.dataset_version.ref if r.dataset_version else "",
-                     f"{metric[0]}={metric[1]:.4g}" if isinstance(metric[1], float) else "",
-                     r.reason[:60]])
-    console.print(table("Runs", ["id", "name", "status", "started", "dataset", "metric",
-                                 "reason"], rows))
+        rows.append(
+            [
+                r.id,
+                r.name,
+                r.status,
+                when(r.started_at),
+                r.dataset_version.ref if r.dataset_version else "",
+                f"{metric[0]}={metric[1]:.4g}" if isinstance(metric[1], float) else "",
+                r.reason[:60],
+            ]
+        )
+    console.print(
+        table("Runs", ["id", "name", "status", "started", "dataset", "metric", "reason"], rows)
+    )
 
 
 @app.command("show")
@@ -78,8 +85,22 @@ def show(
     if json_out:
         print_json(d)
         return
-    head = {k: d[k] for k in ("id", "name", "kind", "status", "reason", "dataset", "features",
-                              "git_commit", "git_dirty", "author", "config_name")}
+    head = {
+        k: d[k]
+        for k in (
+            "id",
+            "name",
+            "kind",
+            "status",
+            "reason",
+            "dataset",
+            "features",
+            "git_commit",
+            "git_dirty",
+            "author",
+            "config_name",
+        )
+    }
     head["started_at"], head["finished_at"] = when(run.started_at), when(run.finished_at)
     console.print(kv_table(f"Run {run.id}", head))
     for part in ("seeds", "params", "metrics", "packages"):

@@ -39,7 +39,10 @@ def latency_ms(
         predict(rows[i : i + 1])
         times.append((time.perf_counter() - t0) * 1000.0)
     arr = np.asarray(times)
-    return {"latency_ms_p50": float(np.median(arr)), "latency_ms_p95": float(np.quantile(arr, 0.95))}
+    return {
+        "latency_ms_p50": float(np.median(arr)),
+        "latency_ms_p95": float(np.quantile(arr, 0.95)),
+    }
 
 
 def measure(

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from edgeops_protocol.histogram import histogram, quantile_edges
 
 from ..monitoring.metrics import psi

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeops_protocol.histogram import histogram
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
+
+from edgeops_protocol.histogram import histogram
 
 from ..artifacts import ArtifactStore
 from ..config import current_user

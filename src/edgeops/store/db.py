@@ -126,7 +126,9 @@ class Database:
 
     def schema_version(self) -> int:
         with self.session() as s:
-            return int(s.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one())
+            return int(
+                s.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one()
+            )
 
     # --- transactions -------------------------------------------------------------
     @contextmanager
