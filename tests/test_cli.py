@@ -151,3 +151,18 @@ def test_installed_entry_point_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_database_is_one_line(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _ok(["init", str(tmp_path / "w")])
+    monkeypatch.setenv("EDGEOPS_DB_URL", f"postgresql://postgres@127.0.0.1:{port}/x")
+    result = runner.invoke(app, ["-w", str(tmp_path / "w"), "models", "list"])
+    assert result.exit_code == 6
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot open the store at postgresql://postgres@127.0.0.1")
