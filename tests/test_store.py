@@ -23,7 +23,7 @@ def test_newer_schema_is_refused(ws):
 
 
 def test_older_schema_is_upgraded_in_order(ws, monkeypatch):
-    """A store at version 1 opened by a release at version 3 runs steps 2 and 3, once."""
+    """A store at the current version N opened by a release at N+2 runs steps N+1, N+2 once."""
     url = ws.db.url
     ws.close()
     applied = []
@@ -35,15 +35,16 @@ def test_older_schema_is_upgraded_in_order(ws, monkeypatch):
 
         return run
 
-    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(db_module.MIGRATIONS, 2, step(2))
-    monkeypatch.setitem(db_module.MIGRATIONS, 3, step(3))
+    n = db_module.SCHEMA_VERSION
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", n + 2)
+    monkeypatch.setitem(db_module.MIGRATIONS, n + 1, step(n + 1))
+    monkeypatch.setitem(db_module.MIGRATIONS, n + 2, step(n + 2))
     upgraded = Database(url)
-    assert applied == [2, 3]
-    assert upgraded.schema_version() == 3
+    assert applied == [n + 1, n + 2]
+    assert upgraded.schema_version() == n + 2
     upgraded.close()
     Database(url).close()
-    assert applied == [2, 3]
+    assert applied == [n + 1, n + 2]
 
 
 def test_foreign_database_is_not_touched(tmp_path):
@@ -131,3 +132,24 @@ def test_workspace_init_is_idempotent(tmp_path):
     again.close()
     assert (created, created_again) == (True, False)
     assert (tmp_path / "w" / "edgeops.toml").read_text().startswith("# edgeops workspace")
+
+
+def test_a_schema_1_store_from_edgeops_0_1_is_upgraded(tmp_path):
+    """The SQLite store of the 0.1 demo opens, upgrades to the current schema, keeps its data."""
+    import sqlite3
+    from pathlib import Path
+
+    from edgeops.store import SCHEMA_VERSION
+
+    dump = Path(__file__).parent / "data" / "store_v1_sqlite.sql"
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript(dump.read_text())
+    con.close()
+    db = Database(f"sqlite:///{path}")
+    assert db.schema_version() == SCHEMA_VERSION
+    with db.session() as s:
+        assert s.execute(text("SELECT name FROM models")).scalars().all() == ["digits"]
+        assert s.execute(text("SELECT count(*) FROM model_versions")).scalar_one() == 1
+        assert s.execute(text("SELECT count(*) FROM feature_sets")).scalar_one() == 0
+    db.close()

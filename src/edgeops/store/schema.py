@@ -200,3 +200,91 @@ class Variant(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     model_version: Mapped[ModelVersion] = relationship(back_populates="variants")
+
+
+# --- schema 2: feature store and pipeline step cache ------------------------------------
+
+
+class FeatureSet(Base):
+    __tablename__ = "feature_sets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    current_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    versions: Mapped[list[FeatureVersion]] = relationship(
+        back_populates="feature_set", order_by="FeatureVersion.version", lazy="selectin"
+    )
+
+
+class FeatureVersion(Base):
+    __tablename__ = "feature_versions"
+    __table_args__ = (
+        UniqueConstraint("set_id", "version"),
+        UniqueConstraint("set_id", "definition_hash"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("feature_sets.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    columns: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    feature_set: Mapped[FeatureSet] = relationship(back_populates="versions", lazy="joined")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.feature_set.name}@{self.version}"
+
+
+class FeatureEvent(Base):
+    """Every change of a feature set's current version: added, re-added or reverted."""
+
+    __tablename__ = "feature_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("feature_sets.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_version: Mapped[int] = mapped_column(Integer)
+    author: Mapped[str] = mapped_column(String(128), default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Materialization(Base):
+    """A feature table computed once for (feature version, data version, rows fitted on)."""
+
+    __tablename__ = "materializations"
+    __table_args__ = (UniqueConstraint("feature_version_id", "dataset_version_id", "fit_on"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feature_version_id: Mapped[int] = mapped_column(ForeignKey("feature_versions.id"))
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"))
+    fit_on: Mapped[str] = mapped_column(String(128))
+    fitted: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    n_features: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    feature_version: Mapped[FeatureVersion] = relationship(lazy="joined")
+    dataset_version: Mapped[DatasetVersion] = relationship(lazy="joined")
+
+
+class StepCache(Base):
+    """Outputs of pipeline steps by the hash of their inputs, so unchanged steps are reused."""
+
+    __tablename__ = "step_cache"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+SCHEMA_2_TABLES = (
+    "feature_sets",
+    "feature_versions",
+    "feature_events",
+    "materializations",
+    "step_cache",
+)
