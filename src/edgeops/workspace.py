@@ -72,6 +72,12 @@ class Workspace:
         return DatasetStore(self.db, self.artifacts)
 
     @cached_property
+    def features(self):  # -> FeatureStore
+        from .features import FeatureStore
+
+        return FeatureStore(self.db, self.artifacts)
+
+    @cached_property
     def runs(self):  # -> RunStore
         from .runs import RunStore
 

@@ -33,6 +33,9 @@ op                        what it does
 ``window_stats``          produces ``<input>_<stat>`` for each of ``stats``
                           (default: all of mean, std, min, max, rms, ptp, zcr)
 ``fft_bands``             produces ``<input>_fft0 .. <input>_fft{bands-1}``
+``window_raw``            produces the window's samples ``<input>_000 ..``
+                          as they are (for models that learn from raw
+                          windows, e.g. a 1-D CNN)
 ``select``                produces each numeric input of ``columns`` as is
 ``one_hot``               produces ``<column>=<category>`` per category
 ``clip``                  rewrites ``columns``: ``min(max(x, lower), upper)``
@@ -87,7 +90,7 @@ __all__ = [
 SPEC_FORMAT = 1
 INPUT_KINDS = ("window", "numeric", "categorical")
 WINDOW_STATS = ("mean", "std", "min", "max", "rms", "ptp", "zcr")
-OPS = ("window_stats", "fft_bands", "select", "clip", "scale", "one_hot")
+OPS = ("window_stats", "fft_bands", "window_raw", "select", "clip", "scale", "one_hot")
 SCALE_METHODS = ("standard", "minmax")
 UNKNOWN_POLICIES = ("zeros", "error")
 MAX_WINDOW_LENGTH = 1000
@@ -99,6 +102,7 @@ _SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _STEP_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "window_stats": (("input",), ("stats",)),
     "fft_bands": (("input", "bands"), ()),
+    "window_raw": (("input",), ()),
     "select": (("columns",), ()),
     "clip": ((), ("columns", "quantiles", "min", "max")),
     "scale": ((), ("columns", "method")),
@@ -252,10 +256,12 @@ def _validate_step(raw: Any, i: int, ctx: _Context) -> tuple[dict, list[str] | N
     required, optional = _STEP_KEYS[op]
     _check_keys(obj, where, ("op", *required), optional)
     step: dict[str, Any] = {"op": op}
-    if op in ("window_stats", "fft_bands"):
+    if op in ("window_stats", "fft_bands", "window_raw"):
         inp = ctx.input_of(_str(obj["input"], where, "input"), "window", where)
         step["input"] = inp["name"]
-        if op == "window_stats":
+        if op == "window_raw":
+            ctx.produce(window_columns(inp["name"], inp["length"]), where)
+        elif op == "window_stats":
             stats = _str_list(obj.get("stats", list(WINDOW_STATS)), where, "stats")
             for stat in stats:
                 _one_of(stat, where, "stats", WINDOW_STATS)

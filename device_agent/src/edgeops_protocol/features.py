@@ -134,6 +134,9 @@ def _feature_names(spec: dict, params: dict) -> list[str]:
             names.extend(f"{step['input']}_{s}" for s in step["stats"])
         elif op == "fft_bands":
             names.extend(f"{step['input']}_fft{b}" for b in range(step["bands"]))
+        elif op == "window_raw":
+            length = next(i["length"] for i in spec["inputs"] if i["name"] == step["input"])
+            names.extend(window_columns(step["input"], length))
         elif op == "select":
             names.extend(step["columns"])
         elif op == "one_hot":
@@ -265,6 +268,10 @@ def _run(
             energies = tf.fft_band_energies(raw[step["input"]], step["bands"])
             for b in range(step["bands"]):
                 feats[f"{step['input']}_fft{b}"] = energies[:, b]
+        elif op == "window_raw":
+            windows = raw[step["input"]]
+            for j, name in enumerate(window_columns(step["input"], windows.shape[1])):
+                feats[name] = windows[:, j]
         elif op == "select":
             for name in step["columns"]:
                 feats[name] = raw[name]

@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from . import data as data_cmds
 from . import demo as demo_cmd
+from . import features as features_cmds
 from . import models as models_cmds
 from . import runs as runs_cmds
 from ._common import EdgeopsGroup, console, kv_table, print_json
@@ -24,6 +25,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data_cmds.app, name="data")
+app.add_typer(features_cmds.app, name="features")
 app.add_typer(runs_cmds.app, name="runs")
 app.add_typer(models_cmds.app, name="models")
 app.command("demo")(demo_cmd.demo)
