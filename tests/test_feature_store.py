@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import store_snapshot
-from edgeops_protocol.features import FittedFeatures
 
+from conftest import store_snapshot
 from edgeops.datasets import sensor_windows, write_table
 from edgeops.errors import Conflict, InvalidInput, NotFound
+from edgeops_protocol.features import FittedFeatures
 
 SPEC = {
     "name": "wrist",
