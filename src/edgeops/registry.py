@@ -33,10 +33,21 @@ from .store.schema import (
     utcnow,
 )
 
-__all__ = ["AliasMove", "Registry"]
+__all__ = ["AliasMove", "NewVariant", "Registry"]
 
 ORIGINAL = "original"
 VARIANT_NAME_HELP = "use lowercase letters, digits and '-' (e.g. tflite-int8)"
+
+
+@dataclass(frozen=True)
+class NewVariant:
+    """A variant to attach when a version is registered."""
+
+    name: str
+    data: bytes
+    format: str
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -75,15 +86,21 @@ class Registry:
         labels: list[Any] | None = None,
         description: str = "",
         variant_meta: dict[str, Any] | None = None,
+        variants: list[NewVariant] | None = None,
     ) -> ModelVersion:
         """Register ``data`` (a model in format ``fmt``) as the next version of ``name``.
 
         When a run is given and no dataset version, the run's dataset version and
-        feature version are taken, so lineage is complete.
+        feature version are taken, so lineage is complete. ``variants`` are
+        attached in the same transaction: the version appears whole or not at all.
         """
         check_name(name, "model name")
         check_model_bytes(data, fmt)
-        blob = self.artifacts.put_bytes(data)
+        for nv in variants or []:
+            _check_variant_name(nv.name)
+        blobs = [self.artifacts.put_bytes(data)]
+        blobs += [self.artifacts.put_bytes(nv.data) for nv in variants or []]
+        blob = blobs[0]
         who = current_user()
 
         def write(s: Session) -> ModelVersion:
@@ -131,6 +148,10 @@ class Registry:
                     meta=dict(variant_meta or {}),
                 )
             )
+            for nv, b in zip(variants or [], blobs[1:]):  # noqa: B905 - same length
+                s.add(Variant(model_version=mv, name=nv.name, format=nv.format,
+                              sha256=b.sha256, size=b.size, metrics=dict(nv.metrics),
+                              meta=dict(nv.meta)))
             s.flush()
             s.refresh(mv)
             return mv
@@ -138,7 +159,8 @@ class Registry:
         try:
             return self.db.write(write)
         except BaseException:
-            self.artifacts.discard(blob)
+            for b in blobs:
+                self.artifacts.discard(b)
             raise
 
     def register_file(self, name: str, path: Path, **kwargs: Any) -> ModelVersion:

@@ -12,18 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from edgeops_protocol.baseline import labels_of
 
 __all__ = ["labels_of", "latency_ms", "measure"]
-
-
-def labels_of(outputs: np.ndarray) -> np.ndarray:
-    """Class labels from model outputs: argmax of scores, or the labels themselves."""
-    out = np.asarray(outputs)
-    if out.ndim == 2 and out.shape[1] > 1:
-        return np.argmax(out, axis=1)
-    if out.ndim == 2:  # one sigmoid column
-        return (out[:, 0] >= 0.5).astype(np.int64)
-    return out.astype(np.int64)
 
 
 def latency_ms(
