@@ -320,7 +320,13 @@ class Registry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         with self.db.session() as s:
-            return list(self._model(s, name).versions)
+            model = self._model(s, name)
+            q = (
+                select(ModelVersion)
+                .where(ModelVersion.model_id == model.id)
+                .order_by(ModelVersion.version)
+            )
+            return list(s.execute(q).unique().scalars())
 
     def aliases_of(self, name: str) -> dict[str, int]:
         with self.db.session() as s:

@@ -13,6 +13,7 @@ from . import demo as demo_cmd
 from . import features as features_cmds
 from . import models as models_cmds
 from . import runs as runs_cmds
+from . import train as train_cmds
 from ._common import EdgeopsGroup, console, kv_table, print_json
 
 app = typer.Typer(
@@ -28,6 +29,8 @@ app.add_typer(data_cmds.app, name="data")
 app.add_typer(features_cmds.app, name="features")
 app.add_typer(runs_cmds.app, name="runs")
 app.add_typer(models_cmds.app, name="models")
+app.command("train")(train_cmds.train)
+app.command("quantize")(train_cmds.quantize)
 app.command("demo")(demo_cmd.demo)
 
 

@@ -1,0 +1,166 @@
+"""``edgeops train`` and ``edgeops quantize``: build models and their device variants."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import GateFailed
+from ._common import JSON_HELP, console, print_json, table, workspace
+
+
+class RichReporter:
+    """Prints each step as it finishes, with a progress bar while a model trains."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.steps: list[dict[str, Any]] = []
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichReporter:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def step(self, name: str, detail: str = "", cached: bool = False) -> None:
+        self.steps.append({"step": name, "detail": detail, "cached": cached})
+        if name in self._tasks:
+            self._progress.remove_task(self._tasks.pop(name))
+        if not self.quiet:
+            note = " [dim](cached: inputs unchanged)[/]" if cached else ""
+            self._progress.console.print(f"[green]✓[/] {name:<18} {detail}{note}")
+
+    def progress(self, name: str, done: int, total: int) -> None:
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(f"  {name}", total=total)
+        self._progress.update(self._tasks[name], completed=done, total=total)
+
+
+def _quiet_frameworks() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "tf2onnx", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ModuleNotFoundError:
+        pass
+
+
+def train(
+    ctx: typer.Context,
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline file (YAML).")],
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Run a training pipeline: data → features → split → train → evaluate → export → gates →
+    register. Unchanged steps are reused from cache.
+
+    Example: `edgeops train pipelines/wrist.yaml`
+    """
+    from ..pipeline import load_pipeline
+    from ..pipeline.run import run_pipeline
+
+    spec = load_pipeline(pipeline)
+    ws = workspace(ctx)
+    _quiet_frameworks()
+    with RichReporter(quiet=json_out) as rep:
+        result = run_pipeline(ws, spec, rep, git_folder=pipeline.resolve().parent)
+    if json_out:
+        print_json(
+            {
+                "run": result.run_id,
+                "status": result.status,
+                "model": result.model_ref,
+                "metrics": result.metrics,
+                "variants": result.variants,
+                "gate_failures": result.gate_failures,
+                "steps": rep.steps,
+            }
+        )
+    else:
+        rows = [
+            [
+                "original",
+                result.metrics["accuracy"],
+                "",
+                result.metrics["size_bytes"],
+                result.metrics["latency_ms_p95"],
+            ]
+        ]
+        rows += [
+            [name, m["accuracy"], m["agreement"], m["size_bytes"], m["latency_ms_p95"]]
+            for name, m in result.variants.items()
+        ]
+        console.print(
+            table(
+                f"Run {result.run_id}",
+                ["variant", "accuracy", "agreement", "bytes", "p95 ms"],
+                rows,
+            )
+        )
+    if result.status == "gated":
+        raise GateFailed(
+            f"run {result.run_id} did not pass its gates, nothing registered: "
+            + "; ".join(result.gate_failures)
+        )
+    if not json_out:
+        verb = "Registered" if result.status == "registered" else "Unchanged, already"
+        console.print(f"{verb} [bold]{result.model_ref}[/]")
+
+
+def quantize(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION trained by `edgeops train`.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="tflite-f32, tflite-int8, c-tflm, onnx-f32, onnx-int8 or c-emlearn.",
+        ),
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Convert a registered version to a device variant, measured on its held-out split.
+
+    Example: `edgeops quantize wrist@3 --format tflite-int8`
+    """
+    from ..pipeline.quantize import quantize_version
+
+    ws = workspace(ctx)
+    _quiet_frameworks()
+    with RichReporter(quiet=json_out) as rep:
+        v = quantize_version(ws, ref, fmt, rep)
+    if json_out:
+        print_json(
+            {
+                "variant": v.name,
+                "format": v.format,
+                "size": v.size,
+                "sha256": v.sha256,
+                "metrics": v.metrics,
+            }
+        )
+    else:
+        console.print(
+            f"Added variant [bold]{v.name}[/] to {ref}: {v.size} bytes, accuracy "
+            f"{v.metrics['accuracy']:.4f}, agreement {v.metrics['agreement']:.4f}"
+        )
