@@ -168,3 +168,83 @@ def test_unreachable_database_is_one_line(tmp_path, monkeypatch):
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("error: cannot open the store at postgresql://postgres@127.0.0.1")
+
+
+def test_features_train_and_quantize_through_the_cli(tmp_path, monkeypatch):
+    import yaml
+
+    from edgeops.datasets import sensor_windows, write_table
+    from edgeops.demo import DEMO_FEATURES
+
+    _ok(["init", str(tmp_path / "w")])
+    monkeypatch.chdir(tmp_path / "w")
+    write_table(sensor_windows(n_per_class=60, seed=2), Path("s.csv"))
+    _ok(["data", "add", "s.csv", "-n", "sensors"])
+    Path("wrist.yaml").write_text(yaml.safe_dump(DEMO_FEATURES))
+    added = json.loads(_ok(["features", "add", "wrist.yaml", "--json"]).output)
+    assert (added["ref"], added["created"], added["current"]) == ("wrist@1", True, True)
+    changed = {**DEMO_FEATURES, "steps": DEMO_FEATURES["steps"][:-1]}
+    Path("wrist2.yaml").write_text(yaml.safe_dump(changed))
+    assert "Added wrist@2" in _ok(["features", "add", "wrist2.yaml"]).output
+    assert "current version 2 → 1" in _ok(["features", "revert", "wrist", "--to", "1"]).output
+    listed = json.loads(_ok(["features", "list", "--json"]).output)
+    assert [(f["name"], f["current"], f["versions"]) for f in listed] == [("wrist", 1, 2)]
+    found = json.loads(_ok(["features", "search", "har", "--json"]).output)
+    assert [f["ref"] for f in found] == ["wrist@1", "wrist@2"]
+    hist = json.loads(_ok(["features", "history", "wrist", "--json"]).output)
+    assert [h["action"] for h in hist] == ["add", "add", "revert"]
+    mat = json.loads(
+        _ok(
+            [
+                "features",
+                "materialize",
+                "wrist@1",
+                "--data",
+                "sensors@1",
+                "--out",
+                "feat.csv",
+                "--json",
+            ]
+        ).output
+    )
+    assert (mat["rows"], mat["columns"], mat["cached"]) == (240, 33, False)
+    assert (
+        "Reused cached" in _ok(["features", "materialize", "wrist@1", "--data", "sensors@1"]).output
+    )
+    assert Path("feat.csv").read_text().splitlines()[0].startswith("ax_mean,ax_std")
+
+    pipeline = {
+        "name": "har",
+        "data": "sensors@1",
+        "label": "label",
+        "features": "wrist",
+        "model": {"kind": "random_forest", "params": {"n_estimators": 10}},
+        "export": ["onnx-f32"],
+        "alias": "staging",
+    }
+    Path("p.yaml").write_text(yaml.safe_dump(pipeline))
+    first = json.loads(_ok(["train", "p.yaml", "--json"]).output)
+    assert (first["status"], first["model"]) == ("registered", "har@1")
+    again = _ok(["train", "p.yaml"]).output
+    assert "train              random_forest (cached: inputs unchanged)" in again
+    assert "Unchanged, already har@1" in again
+    shown = json.loads(_ok(["features", "show", "wrist@1", "--json"]).output)
+    assert shown["models"] == ["har@1"]
+    q = json.loads(_ok(["quantize", "har@1", "--format", "c-emlearn", "--json"]).output)
+    assert q["variant"] == "c-emlearn" and q["metrics"]["agreement"] == 1.0
+    card = _ok(["models", "show", "har@staging"]).output
+    assert "c-emlearn" in card and "onnx-f32" in card
+
+    Path("gated.yaml").write_text(
+        yaml.safe_dump({**pipeline, "name": "har-g", "gates": {"min_accuracy": 1.0}})
+    )
+    gated = runner.invoke(app, ["train", "gated.yaml"])
+    assert gated.exit_code == 7
+    assert "error: run " in gated.output and "did not pass its gates" in gated.output
+    assert (
+        json.loads(_ok(["runs", "list", "--status", "gated", "--json"]).output)[0]["name"]
+        == "har-g"
+    )
+    bad = runner.invoke(app, ["train", "wrist.yaml"])  # a feature spec, not a pipeline
+    assert bad.exit_code == 2
+    assert "error: pipeline has an unknown field" in bad.output

@@ -1,79 +1,100 @@
-"""The end-to-end demo on embedded defaults: data → run → model version → model card.
+"""The end-to-end demo on embedded defaults.
 
-It grows with the project; today it versions scikit-learn's bundled digits data,
-trains a seeded model, records the run, registers the model, points
-``production`` at it and prints the card.
+It grows with the project; today: a generated sensor data set is versioned, a
+feature definition registered, a pipeline trains a Keras model, quantizes it to
+TFLite, TFLite Micro and ONNX variants measured in their runtimes, registers it
+and points ``production`` at it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DEMO_FEATURES", "DEMO_PIPELINE", "DemoResult", "run_demo"]
+
+AXES = ("ax", "ay", "az")
+DEMO_FEATURES: dict[str, Any] = {
+    "name": "wrist",
+    "description": "accelerometer window statistics and FFT band energies",
+    "tags": ["imu", "har", "demo"],
+    "inputs": [{"name": a, "kind": "window", "length": 64} for a in AXES],
+    "steps": [
+        *({"op": "window_stats", "input": a} for a in AXES),
+        *({"op": "fft_bands", "input": a, "bands": 4} for a in AXES),
+        {"op": "scale", "method": "standard"},
+    ],
+}
+DEMO_PIPELINE = """\
+name: wrist-har
+description: activity classifier on wrist accelerometer windows (edgeops demo)
+data: sensors@1
+label: label
+features: wrist@1
+split: {test_size: 0.25, seed: 42, stratify: true}
+model:
+  kind: keras_mlp
+  params: {hidden: [64, 32], epochs: 40}
+  seed: 0
+export: [tflite-f32, tflite-int8, c-tflm, onnx-f32, onnx-int8]
+calibration: {samples: 300, seed: 0}
+gates:
+  min_accuracy: 0.85
+  max_accuracy_drop: 0.02
+  min_agreement: 0.97
+alias: production
+"""
 
 
 @dataclass
 class DemoResult:
     workspace: Path
     dataset: str
+    features: str
     run_id: str
     model: str
-    accuracy: float
+    metrics: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
 
 
-def run_demo(
-    folder: Path, step: Callable[[str], Any] = lambda _msg: None, seed: int = 0
-) -> DemoResult:
-    """Run the demo in ``folder`` (a workspace is created there); ``step`` reports progress."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
+def run_demo(folder: Path, reporter: Any = None, seed: int = 0) -> DemoResult:
+    """Run the demo in ``folder`` (a workspace is created there)."""
+    import yaml
 
-    from .datasets import digits_frame, write_table
-    from .model_io import save_sklearn
+    from .datasets import sensor_windows, write_table
+    from .errors import GateFailed
+    from .pipeline import parse_pipeline
+    from .pipeline.run import QuietReporter, run_pipeline
     from .workspace import Workspace
 
-    step("creating the workspace")
+    rep = reporter or QuietReporter()
+    folder = Path(folder)
     ws, _ = Workspace.init(folder)
     try:
-        step("versioning the digits data set")
-        frame = digits_frame()
-        path = Path(folder) / "data" / "digits.csv"
-        write_table(frame, path)
-        dv = ws.data.add(path, "digits", message="scikit-learn digits").version
-
-        step("training a logistic regression (seeded split)")
-        params = {"C": 0.2, "max_iter": 2000}
-        split_seed = seed + 42
-        X = frame.drop(columns="label").to_numpy(dtype="float32") / 16.0
-        y = frame["label"].to_numpy()
-        with ws.runs.track(
-            name="digits-logreg",
-            seeds={"split": split_seed, "model": seed},
-            params=params,
-            dataset_version_id=dv.id,
-            config_name="demo",
-            config_text=f"model: logistic_regression\nparams: {params}\nsplit_seed: {split_seed}\n",
-        ) as run:
-            Xtr, Xte, ytr, yte = train_test_split(
-                X, y, test_size=0.25, random_state=split_seed, stratify=y
-            )
-            model = LogisticRegression(random_state=seed, **params).fit(Xtr, ytr)
-            accuracy = float(model.score(Xte, yte))
-            ws.runs.log(run.id, metrics={"accuracy": accuracy, "test_rows": len(yte)})
-
-        step("registering the model")
-        mv = ws.registry.register(
-            "digits",
-            save_sklearn(model),
-            "skops",
-            run_id=run.id,
-            labels=[str(c) for c in model.classes_],
-            description="demo: logistic regression on digits",
+        path = folder / "data" / "sensors.csv"
+        write_table(sensor_windows(n_per_class=250, seed=seed), path)
+        dv = ws.data.add(path, "sensors", message=f"generated sensor windows, seed {seed}").version
+        rep.step("data add", f"{dv.ref}: {dv.rows} windows of 3×64 samples")
+        (folder / "features").mkdir(exist_ok=True)
+        spec_path = folder / "features" / "wrist.yaml"
+        spec_path.write_text(yaml.safe_dump(DEMO_FEATURES, sort_keys=False))
+        fv, _ = ws.features.add(spec_path)
+        rep.step("features add", f"{fv.ref}")
+        (folder / "pipelines").mkdir(exist_ok=True)
+        pipe_path = folder / "pipelines" / "wrist-har.yaml"
+        pipe_path.write_text(DEMO_PIPELINE)
+        result = run_pipeline(ws, parse_pipeline(yaml.safe_load(DEMO_PIPELINE), DEMO_PIPELINE), rep)
+        if result.status == "gated":
+            raise GateFailed("; ".join(result.gate_failures))
+        return DemoResult(
+            folder,
+            dv.ref,
+            fv.ref,
+            result.run_id,
+            str(result.model_ref),
+            result.metrics,
+            result.variants,
         )
-        ws.registry.set_alias(mv.ref, "production")
-        return DemoResult(Path(folder), dv.ref, run.id, mv.ref, accuracy)
     finally:
         ws.close()

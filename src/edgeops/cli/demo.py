@@ -7,48 +7,45 @@ from typing import Annotated
 
 import typer
 
-from ._common import console, kv_table
+from ._common import console, table
 
 
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Workspace folder for the demo.")] = Path(
         "edgeops-demo"
     ),
-    seed: Annotated[int, typer.Option(help="Random seed of the run.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data set.")] = 0,
 ) -> None:
-    """Run the end-to-end demo in a fresh workspace and print the resulting model card.
+    """Run the end-to-end demo in a workspace: data, features, training, quantization,
+    registry.
 
     Example: `edgeops demo --dir /tmp/edgeops-demo`
     """
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from ..demo import run_demo
+    from .train import RichReporter, _quiet_frameworks, native_stderr_silenced
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("starting", total=None)
-
-        def step(msg: str) -> None:
-            progress.update(task, description=msg)
-            progress.console.print(f"• {msg}")
-
-        result = run_demo(folder, step=step, seed=seed)
-        progress.update(task, description="done")
+    _quiet_frameworks()
+    console.print(f"[bold]edgeops demo[/] in {folder.resolve()}")
+    with RichReporter() as rep, native_stderr_silenced():
+        r = run_demo(folder, rep, seed=seed)
+    rows = [
+        [
+            "original",
+            r.metrics["accuracy"],
+            "",
+            r.metrics["size_bytes"],
+            r.metrics["latency_ms_p50"],
+        ]
+    ]
+    rows += [
+        [n, m["accuracy"], m["agreement"], m["size_bytes"], m["latency_ms_p50"]]
+        for n, m in r.variants.items()
+    ]
     console.print(
-        kv_table(
-            "Demo result",
-            {
-                "workspace": result.workspace,
-                "dataset": result.dataset,
-                "run": result.run_id,
-                "model": f"{result.model} (production)",
-                "accuracy": result.accuracy,
-            },
+        table(
+            f"{r.model} (production): variants measured on the held-out split",
+            ["variant", "accuracy", "agreement", "bytes", "p50 ms"],
+            rows,
         )
     )
-    console.print(f"Next: [bold]edgeops -w {result.workspace} models show digits@production[/]")
+    console.print(f"Next: [bold]cd {folder} && edgeops models show {r.model}[/]")

@@ -141,23 +141,47 @@ def show(
         console.print(kv_table("Hyper-parameters", mv.params))
     if mv.metrics:
         console.print(kv_table("Metrics", mv.metrics))
-    metric_keys = sorted({k for v in d["variants"] for k in v["metrics"]})
-    console.print(
-        table(
-            "Variants",
-            ["variant", "format", "bytes", "sha256", *metric_keys],
-            [
-                [
-                    v["name"],
-                    v["format"],
-                    v["size"],
-                    v["sha256"][:12],
-                    *[v["metrics"].get(k) for k in metric_keys],
-                ]
-                for v in d["variants"]
-            ],
-        )
+    console.print(variants_table(d["variants"], mv.metrics))
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    v = metrics.get(key)
+    if not isinstance(v, (int, float)):
+        return ""
+    if key.startswith("latency_ms"):
+        return f"{v * 1000:.1f}"  # shown in microseconds
+    if key == "accuracy_delta":
+        return f"{v * 100:+.2f}"  # points
+    if key in ("accuracy", "agreement"):
+        return f"{v:.4f}"
+    return str(int(v))
+
+
+_VARIANT_COLUMNS = [
+    ("accuracy", "acc"),
+    ("accuracy_delta", "Δ pts"),
+    ("agreement", "agree"),
+    ("latency_ms_p50", "p50 µs"),
+    ("latency_ms_p95", "p95 µs"),
+    ("arena_bytes", "arena"),
+]
+
+
+def variants_table(variants: list[dict[str, Any]], original: dict[str, Any]) -> Any:
+    """Variants with the metrics measured in their own runtime on the held-out split."""
+    from rich.table import Table
+
+    t = Table(
+        title="Variants (measured on the held-out split)", title_justify="left", header_style="bold"
     )
+    t.add_column("variant", no_wrap=True)
+    t.add_column("bytes", justify="right", no_wrap=True)
+    for _, label in _VARIANT_COLUMNS:
+        t.add_column(label, justify="right", no_wrap=True)
+    for v in variants:
+        m = original if v["name"] == "original" else v["metrics"]
+        t.add_row(v["name"], str(v["size"]), *(_cell(m, k) for k, _ in _VARIANT_COLUMNS))
+    return t
 
 
 @app.command("alias")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,6 +56,29 @@ class RichReporter:
         self._progress.update(self._tasks[name], completed=done, total=total)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+    """Hide what TensorFlow's and onnxruntime's C++ code prints on file descriptor 2.
+
+    The converters print progress lines there that Python cannot switch off; our own
+    errors are exceptions, reported after the descriptor is restored.
+    """
+    if not enabled or os.environ.get("EDGEOPS_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _quiet_frameworks() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("tensorflow", "tf2onnx", "absl"):
@@ -81,7 +107,7 @@ def train(
     spec = load_pipeline(pipeline)
     ws = workspace(ctx)
     _quiet_frameworks()
-    with RichReporter(quiet=json_out) as rep:
+    with RichReporter(quiet=json_out) as rep, native_stderr_silenced():
         result = run_pipeline(ws, spec, rep, git_folder=pipeline.resolve().parent)
     if json_out:
         print_json(
@@ -147,7 +173,7 @@ def quantize(
 
     ws = workspace(ctx)
     _quiet_frameworks()
-    with RichReporter(quiet=json_out) as rep:
+    with RichReporter(quiet=json_out) as rep, native_stderr_silenced():
         v = quantize_version(ws, ref, fmt, rep)
     if json_out:
         print_json(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from edgeops_protocol.baseline import labels_of
 
 __all__ = ["labels_of", "latency_ms", "measure"]

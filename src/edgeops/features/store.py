@@ -329,6 +329,7 @@ class FeatureStore:
             )
             s.add(m)
             s.flush()
+            s.refresh(m)  # loads its feature and data versions for use after the session
             return m
 
         try:
