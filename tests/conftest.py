@@ -103,3 +103,21 @@ def store_snapshot(workspace) -> dict:
         else []
     )
     return {"rows": counts, "files": files}
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A Mosquitto broker of this test's own, on a free port; stopped afterwards."""
+    from brokers import start_broker
+
+    b = start_broker(tmp_path / "broker")
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def topic_prefix(request) -> str:
+    """A fleet name unique to this test, so tests never hear each other."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40] + "-" + uuid.uuid4().hex[:6]
