@@ -10,11 +10,12 @@ Nothing is read at import time; :func:`load_settings` reads when it is called.
 
     [mqtt]
     url = "mqtt://127.0.0.1:1883"
+    fleet = "default"                        # the fleet this workspace manages
 
 Relative paths (the SQLite file, the artifact root) are taken from the folder
 that holds ``edgeops.toml``. Environment variables win over the file:
 ``EDGEOPS_HOME`` (the workspace folder), ``EDGEOPS_DB_URL``, ``EDGEOPS_ARTIFACTS``,
-``EDGEOPS_MQTT_URL``.
+``EDGEOPS_MQTT_URL``, ``EDGEOPS_FLEET``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 CONFIG_NAME = "edgeops.toml"
-_KNOWN = {"store": {"url", "artifacts"}, "mqtt": {"url"}}
+_KNOWN = {"store": {"url", "artifacts"}, "mqtt": {"url", "fleet"}}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class Settings:
     db_url: str
     artifact_root: Path
     mqtt_url: str
+    fleet: str = "default"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where the fleet's manifest signing keys live."""
+        return self.home / ".edgeops" / "keys"
 
     def describe(self) -> dict[str, str]:
         return {
@@ -61,6 +68,7 @@ class Settings:
             "db_url": _redact(self.db_url),
             "artifacts": str(self.artifact_root),
             "mqtt_url": _redact(self.mqtt_url),
+            "fleet": self.fleet,
         }
 
 
@@ -89,6 +97,7 @@ def render_config(db_url: str | None = None, mqtt_url: str | None = None) -> str
         'artifacts = ".edgeops/artifacts"\n'
         "\n[mqtt]\n"
         f'url = "{mqtt_url or "mqtt://127.0.0.1:1883"}"\n'
+        'fleet = "default"\n'
     )
 
 
@@ -174,11 +183,16 @@ def settings_from(base: Path, data: Mapping, env: Mapping[str, str]) -> Settings
     mqtt_url = (
         env.get("EDGEOPS_MQTT_URL") or data.get("mqtt", {}).get("url") or ("mqtt://127.0.0.1:1883")
     )
+    fleet = env.get("EDGEOPS_FLEET") or data.get("mqtt", {}).get("fleet") or "default"
     root = Path(artifacts)
     if not root.is_absolute():
         root = base / root
     return Settings(
-        home=base, db_url=_resolve_sqlite(db_url, base), artifact_root=root, mqtt_url=mqtt_url
+        home=base,
+        db_url=_resolve_sqlite(db_url, base),
+        artifact_root=root,
+        mqtt_url=mqtt_url,
+        fleet=fleet,
     )
 
 

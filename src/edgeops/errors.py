@@ -17,6 +17,7 @@ and what to do about it.
     │   ├── StoreUnavailable      the database cannot be reached
     │   ├── SchemaMismatch        the database was made by a newer edgeops
     │   └── ArtifactCorrupt       stored bytes no longer match their SHA-256
+    ├── BrokerUnavailable         the MQTT broker cannot be reached
     └── GateFailed                a trained model did not pass a pipeline gate
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactCorrupt",
+    "BrokerUnavailable",
     "ConfigError",
     "Conflict",
     "EdgeopsError",
@@ -96,6 +98,11 @@ class SchemaMismatch(StoreError):
 
 class ArtifactCorrupt(StoreError):
     pass
+
+
+class BrokerUnavailable(EdgeopsError):
+    exit_code = 6
+    http_status = 503
 
 
 class GateFailed(EdgeopsError):

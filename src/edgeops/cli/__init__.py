@@ -11,7 +11,9 @@ from .. import __version__
 from . import data as data_cmds
 from . import demo as demo_cmd
 from . import features as features_cmds
+from . import fleet as fleet_cmds
 from . import models as models_cmds
+from . import rollout as rollout_cmds
 from . import runs as runs_cmds
 from . import train as train_cmds
 from ._common import EdgeopsGroup, console, kv_table, print_json
@@ -28,6 +30,10 @@ app = typer.Typer(
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(features_cmds.app, name="features")
 app.add_typer(runs_cmds.app, name="runs")
+app.add_typer(fleet_cmds.app, name="fleet")
+app.add_typer(fleet_cmds.keys_app, name="keys")
+app.add_typer(rollout_cmds.app, name="rollout")
+app.command("controller")(rollout_cmds.controller_cmd)
 app.add_typer(models_cmds.app, name="models")
 app.command("train")(train_cmds.train)
 app.command("quantize")(train_cmds.quantize)

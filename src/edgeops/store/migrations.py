@@ -10,6 +10,8 @@ edgeops). Old steps are kept forever and tested from a version-1 store
 1. datasets, runs, models, versions, aliases, variants (edgeops 0.1).
 2. feature store (feature sets, versions, events, materializations) and the
    pipeline's step cache.
+3. fleet: devices, device events, the fleet's deployment sequence, desired
+   states, rollouts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _to_2(conn: Connection) -> None:
@@ -27,5 +29,11 @@ def _to_2(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_2_TABLES])
 
 
+def _to_3(conn: Connection) -> None:
+    from .schema import SCHEMA_3_TABLES, Base
+
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_3_TABLES])
+
+
 # version -> step from version-1 to version; 1 is the initial create_all.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_2, 3: _to_3}

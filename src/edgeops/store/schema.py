@@ -288,3 +288,83 @@ SCHEMA_2_TABLES = (
     "materializations",
     "step_cache",
 )
+
+
+# --- schema 3: fleet, deployments and rollouts ---------------------------------------------
+
+
+class Device(Base):
+    """A device as last reported on its state topic, plus the server's own tags."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("fleet", "device_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reported_tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceEvent(Base):
+    __tablename__ = "device_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    rollout_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    event: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    progress: Mapped[float | None] = mapped_column(nullable=True)
+    device_ts: Mapped[float] = mapped_column()
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FleetSeq(Base):
+    """The fleet's deployment sequence counter: every manifest gets the next number."""
+
+    __tablename__ = "fleet_seq"
+    fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Desired(Base):
+    """The signed desired state last published for a device (kept to re-sign before expiry)."""
+
+    __tablename__ = "desired"
+    fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    rollout_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_ref: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    expires_at: Mapped[float] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rollout(Base):
+    """A rollout: its plan, the engine's state, and operator requests waiting for the engine."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    model_ref: Mapped[str] = mapped_column(String(200))
+    selector: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    targets: Mapped[dict[str, Any]] = mapped_column(JSON)  # device -> variant, previous model
+    requests: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    lease_owner: Mapped[str] = mapped_column(String(64), default="")
+    lease_until: Mapped[float] = mapped_column(default=0.0)
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+SCHEMA_3_TABLES = ("devices", "device_events", "fleet_seq", "desired", "rollouts")

@@ -1,0 +1,185 @@
+"""``edgeops fleet`` and ``edgeops keys``: the devices and the key that signs their manifests."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ._common import JSON_HELP, console, kv_table, print_json, table, when, workspace
+
+app = typer.Typer(help="Devices of the fleet: list, show, tag.", no_args_is_help=True)
+keys_app = typer.Typer(help="The fleet's manifest signing key.", no_args_is_help=True)
+
+SYNC_HELP = "Read the devices' retained state from the broker first (default: yes)."
+
+
+def fleet_store(ctx: typer.Context):  # -> FleetStore
+    from ..fleet.store import FleetStore
+
+    ws = workspace(ctx)
+    return FleetStore(ws.db, ws.settings.fleet)
+
+
+def sync(ctx: typer.Context) -> int:
+    from ..mqtt import MqttClient
+
+    ws = workspace(ctx)
+    with MqttClient(ws.settings.mqtt_url) as client:
+        return fleet_store(ctx).sync(client)
+
+
+def device_dict(d: Any) -> dict[str, Any]:
+    from ..fleet.store import all_tags
+
+    st = d.state or {}
+    model = st.get("model") or {}
+    return {
+        "device": d.device_id,
+        "online": d.online,
+        "model": model.get("name"),
+        "version": model.get("version"),
+        "variant": model.get("variant"),
+        "seq": model.get("seq"),
+        "runtimes": st.get("runtimes", []),
+        "hardware": st.get("hardware"),
+        "last_seen": d.last_seen,
+        "tags": sorted(all_tags(d)),
+        "accepted_seq": st.get("accepted_seq"),
+        "previous": st.get("previous"),
+        "agent": st.get("agent"),
+    }
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    target: Annotated[str | None, typer.Option(help="Only devices matching this selector.")] = None,
+    sync_first: Annotated[bool, typer.Option("--sync/--no-sync", help=SYNC_HELP)] = True,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """List devices: online, model, version, runtime, hardware, last seen, tags.
+
+    Example: `edgeops fleet list --target tag:lab`
+    """
+    if sync_first:
+        sync(ctx)
+    rows = [device_dict(d) for d in fleet_store(ctx).devices(target)]
+    if json_out:
+        print_json(rows)
+        return
+    console.print(
+        table(
+            f"Fleet {workspace(ctx).settings.fleet}",
+            ["device", "online", "model", "variant", "runtime", "hardware", "last seen", "tags"],
+            [
+                [
+                    r["device"],
+                    "yes" if r["online"] else "no",
+                    f"{r['model']}@{r['version']}" if r["model"] else "",
+                    r["variant"] or "",
+                    ", ".join(r["runtimes"]),
+                    r["hardware"] or "",
+                    when(r["last_seen"]),
+                    ", ".join(r["tags"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    sync_first: Annotated[bool, typer.Option("--sync/--no-sync", help=SYNC_HELP)] = True,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Show one device: reported state, desired state and recent deployment events.
+
+    Example: `edgeops fleet show pi-07`
+    """
+    if sync_first:
+        sync(ctx)
+    fs = fleet_store(ctx)
+    d = device_dict(fs.get(device))
+    desired = next((x for x in fs.desired() if x.device_id == device), None)
+    d["desired"] = (
+        None
+        if desired is None
+        else {
+            "seq": desired.seq,
+            "model": desired.model_ref,
+            "variant": desired.variant,
+            "rollout": desired.rollout_id,
+            "expires_at": desired.expires_at,
+        }
+    )
+    events = [
+        {"at": e.at, "seq": e.seq, "event": e.event, "reason": e.reason, "rollout": e.rollout_id}
+        for e in fs.events(device=device, limit=20)
+    ]
+    if json_out:
+        print_json({**d, "events": events})
+        return
+    console.print(kv_table(f"Device {device}", {k: v for k, v in d.items()}))
+    console.print(
+        table(
+            "Recent events",
+            ["at", "seq", "event", "reason", "rollout"],
+            [[when(e["at"]), e["seq"], e["event"], e["reason"], e["rollout"]] for e in events],
+        )
+    )
+
+
+@app.command("tag")
+def tag(
+    ctx: typer.Context,
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (or remove with --remove).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove these tags.")] = False,
+) -> None:
+    """Add tags to a device (or remove them); rollouts select devices by tag.
+
+    Example: `edgeops fleet tag pi-07 canary floor-2`
+    """
+    now = fleet_store(ctx).tag(device, tags, remove=remove)
+    console.print(f"{device}: tags {', '.join(now) or '(none)'}")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+) -> None:
+    """Create the fleet's Ed25519 signing key; prints the public key agents must trust.
+
+    Example: `edgeops keys generate`
+    """
+    from ..fleet.keys import generate_key
+
+    key = generate_key(workspace(ctx).settings.keys_dir, force=force)
+    console.print(
+        f"Signing key {key.key_id} created. Put this public key in each agent's "
+        "config (public_keys):"
+    )
+    console.print(key.public_b64, markup=False, highlight=False)
+
+
+@keys_app.command("show")
+def keys_show(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Print the public signing key and its id.
+
+    Example: `edgeops keys show --json`
+    """
+    from ..fleet.keys import load_key
+
+    key = load_key(workspace(ctx).settings.keys_dir)
+    if json_out:
+        print_json({"key_id": key.key_id, "public_key": key.public_b64})
+    else:
+        console.print(f"{key.key_id} {key.public_b64}", markup=False, highlight=False)

@@ -1,0 +1,1 @@
+"""The fleet: devices as they report themselves, signing keys, deployments and rollouts."""

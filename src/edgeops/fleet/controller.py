@@ -1,0 +1,429 @@
+"""The rollout controller: the adapter between the pure engine, the database and MQTT.
+
+It turns engine commands into signed manifests published over MQTT, device
+messages into engine events and fleet records, and persists each rollout's
+engine state after every step, so a restarted controller resumes where the
+last one stopped. A rollout is driven by one controller at a time: the one
+holding its lease (renewed every tick, taken over when it lapses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgeops_protocol.messages import parse_event, parse_state
+from edgeops_protocol.topics import ProtocolError, device_filter, device_topic, parse_device_topic
+
+from ..errors import Conflict, InvalidInput, NotFound
+from ..rollout import (
+    Abort,
+    Deploy,
+    Deployed,
+    DeviceReport,
+    Notify,
+    Pause,
+    Resume,
+    Revert,
+    Rollback,
+    RolloutPlan,
+    RolloutState,
+    SoakVerdict,
+    Start,
+    Tick,
+    step,
+    summary,
+)
+from ..store.schema import Rollout
+from .deploy import ManifestOptions, build_manifest, choose_variant, publish_artifact, sign
+from .keys import SigningKey
+from .store import FleetStore
+
+__all__ = ["LEASE_SECONDS", "TERMINAL", "RolloutController", "RolloutOptions"]
+
+log = logging.getLogger("edgeops.rollout")
+LEASE_SECONDS = 15.0
+TERMINAL = ("completed", "aborted", "rolled_back")
+_REQUESTS = {"pause": Pause, "resume": Resume, "abort": Abort, "rollback": Rollback}
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    stages: tuple[float, ...] = (0.05, 0.25, 1.0)
+    max_failures: float = 0.1
+    stage_wait: float = 0.0
+    timeout: float = 600.0
+    retries: int = 2
+    variant: str | None = None
+    hardware: tuple[str, ...] = ("*",)
+    manifest: ManifestOptions = field(default_factory=ManifestOptions)
+
+
+class RolloutController:
+    def __init__(
+        self, ws: Any, key: SigningKey, client: Any = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.ws = ws
+        self.key = key
+        self.client = client
+        self.clock = clock
+        self.fleet = FleetStore(ws.db, ws.settings.fleet)
+        self.owner = f"ctl-{uuid.uuid4().hex[:10]}"
+        self.notes: list[tuple[str, str, str]] = []  # (rollout, kind, detail)
+        self._published: set[str] = set()
+        self._subscribed = False
+
+    # --- creating -------------------------------------------------------------------
+    def create(self, model_ref: str, selector: str, opts: RolloutOptions) -> str:
+        """Plan a rollout of ``model_ref`` to the devices ``selector`` matches; its id."""
+        mv = self.ws.registry.get_version(model_ref)
+        devices = self.fleet.devices(selector)
+        if not devices:
+            raise InvalidInput(
+                f"no device in fleet {self.fleet.fleet} matches {selector!r}; "
+                "see `edgeops fleet list`"
+            )
+        targets: dict[str, Any] = {}
+        skipped: dict[str, str] = {}
+        for dev in devices:
+            variant = choose_variant(mv, dev.state or {}, opts.variant)
+            if variant is None:
+                skipped[dev.device_id] = "no variant for its runtimes " + ", ".join(
+                    (dev.state or {}).get("runtimes", []) or ["(none reported)"]
+                )
+                continue
+            targets[dev.device_id] = {
+                "variant": variant.name,
+                "sha256": variant.sha256,
+                "previous": self._previous(dev.state or {}),
+            }
+        if not targets:
+            raise InvalidInput(
+                f"none of the {len(devices)} devices matching {selector!r} can "
+                f"run a variant of {mv.ref} (variants: "
+                f"{', '.join(v.name for v in mv.variants)})"
+            )
+        rid = f"r-{secrets.token_hex(4)}"
+        plan = RolloutPlan(
+            id=rid,
+            devices=tuple(sorted(targets)),
+            stages=tuple(opts.stages),
+            max_failures=opts.max_failures,
+            stage_wait=opts.stage_wait,
+            timeout=opts.timeout,
+            retries=opts.retries,
+            previous={d: t["previous"] is not None for d, t in targets.items()},
+        )
+        state = RolloutState.initial(plan)
+        doc = {
+            "devices": targets,
+            "skipped": skipped,
+            "hardware": list(opts.hardware),
+            "manifest": {
+                "ttl": opts.manifest.ttl,
+                "probation_s": opts.manifest.probation_s,
+                "max_error_rate": opts.manifest.max_error_rate,
+                "latency_budget_ms": opts.manifest.latency_budget_ms,
+                "chunk_size": opts.manifest.chunk_size,
+            },
+        }
+
+        def write(s: Session) -> None:
+            s.add(
+                Rollout(
+                    id=rid,
+                    fleet=self.fleet.fleet,
+                    model_ref=mv.ref,
+                    selector=selector,
+                    status=state.status.value,
+                    plan=plan.to_dict(),
+                    state=state.to_dict(),
+                    targets=doc,
+                    requests=[{"op": "start"}],
+                )
+            )
+
+        self.ws.db.write(write)
+        return rid
+
+    def _previous(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The device's current model, if the registry still has its bytes (to revert to)."""
+        model = state.get("model")
+        if not model:
+            return None
+        try:
+            mv = self.ws.registry.get_version(f"{model['name']}@{model['version']}")
+        except (NotFound, InvalidInput):
+            return None
+        for v in mv.variants:
+            if v.sha256 == model.get("sha256"):
+                return {"ref": mv.ref, "variant": v.name, "sha256": v.sha256}
+        return None
+
+    # --- operator requests -------------------------------------------------------------
+    def request(self, rollout_id: str, op: str, reason: str = "") -> None:
+        if op not in _REQUESTS:
+            raise InvalidInput(f"unknown rollout request {op!r}")
+
+        def write(s: Session) -> None:
+            r = s.get(Rollout, rollout_id)
+            if r is None:
+                raise NotFound(f"no rollout {rollout_id!r}; see `edgeops rollout list`")
+            if r.status in TERMINAL and not (op == "rollback" and r.status == "completed"):
+                raise Conflict(f"rollout {rollout_id} is {r.status}; nothing to {op}")
+            r.requests = [*r.requests, {"op": op, "reason": reason}]
+
+        self.ws.db.write(write)
+
+    # --- driving -------------------------------------------------------------------------
+    def _subscribe(self) -> None:
+        if self._subscribed or self.client is None:
+            return
+        self.client.subscribe(device_filter(self.fleet.fleet, "events"))
+        self.client.subscribe(device_filter(self.fleet.fleet, "state"))
+        self._subscribed = True
+
+    def active(self) -> list[str]:
+        with self.ws.db.session() as s:
+            q = select(Rollout.id).where(
+                Rollout.fleet == self.fleet.fleet, Rollout.status.not_in(TERMINAL)
+            )
+            return list(s.execute(q).scalars())
+
+    def run(
+        self,
+        until: Callable[[], bool] | None = None,
+        tick: float = 0.25,
+        on_step: Callable[[str, dict[str, Any]], None] | None = None,
+        max_seconds: float | None = None,
+    ) -> None:
+        """Drive rollouts until ``until()`` is true (default: none is left to drive)."""
+        self._subscribe()
+        started = time.monotonic()
+        last_resign = 0.0
+        while True:
+            self._pump(on_step, budget=tick)
+            now = self.clock()
+            for rid in self.active():
+                self._advance(rid, [Tick()], now, on_step)
+            if now - last_resign > 30:
+                self.resign_expiring(now)
+                last_resign = now
+            if until() if until is not None else not self.active():
+                return
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                return
+
+    def _pump(self, on_step: Any, budget: float) -> None:
+        """Handle device messages for up to ``budget`` seconds."""
+        if self.client is None:
+            time.sleep(budget)
+            return
+        reports: dict[str, list[Any]] = {}
+        for msg in self.client.drain(budget):
+            try:
+                fleet, device, kind = parse_device_topic(msg.topic)
+                if kind == "state":
+                    state = parse_state(msg.payload)
+                    if state["device"] == device and fleet == self.fleet.fleet:
+                        self.fleet.apply_state(state)
+                elif kind == "events":
+                    ev = parse_event(msg.payload)
+                    if ev["device"] != device or fleet != self.fleet.fleet:
+                        continue  # a device may only speak for itself
+                    self.fleet.apply_event(ev)
+                    if ev.get("rollout"):
+                        reports.setdefault(ev["rollout"], []).append(
+                            DeviceReport(device, ev["seq"], ev["event"], ev.get("reason", ""))
+                        )
+            except ProtocolError as exc:
+                log.debug("dropped a message on %s: %s", msg.topic, exc)
+        now = self.clock()
+        for rid, events in reports.items():
+            self._advance(rid, events, now, on_step)
+
+    def _advance(self, rid: str, events: list[Any], now: float, on_step: Any) -> None:
+        """Feed events to one rollout (if this controller holds its lease) and act."""
+        with self.ws.db.session() as s:
+            r = s.get(Rollout, rid)
+            if r is None or (r.status in TERMINAL and not r.requests):
+                return
+            if r.lease_owner not in ("", self.owner) and r.lease_until > now:
+                return
+            plan = RolloutPlan.from_dict(r.plan)
+            state = RolloutState.from_dict(r.state)
+            targets = r.targets
+            requests = list(r.requests)
+        queue: list[Any] = []
+        for req in requests:
+            if req["op"] == "start":
+                queue.append(Start())
+            elif req["op"] == "verdict":
+                queue.append(SoakVerdict(req["stage"], req["ok"], req.get("reason", "")))
+            else:
+                cls = _REQUESTS[req["op"]]
+                queue.append(
+                    cls(req["reason"])
+                    if req["op"] in ("abort", "rollback") and req.get("reason")
+                    else cls()
+                )
+        queue.extend(events)
+        while queue:
+            event = queue.pop(0)
+            state, commands = step(plan, state, event, now)
+            for cmd in commands:
+                if isinstance(cmd, Notify):
+                    self.notes.append((rid, cmd.kind.value, cmd.detail))
+                    log.info("%s %s %s", rid, cmd.kind.value, cmd.detail)
+                elif isinstance(cmd, (Deploy, Revert)):
+                    seq = self._deploy(rid, cmd.device, targets, revert=isinstance(cmd, Revert))
+                    if seq is not None:
+                        queue.append(Deployed(cmd.device, seq))
+
+        def write(s: Session) -> None:
+            row = s.get(Rollout, rid)
+            row.state = state.to_dict()
+            row.status = state.status.value
+            row.requests = row.requests[len(requests) :]
+            row.lease_owner, row.lease_until = self.owner, now + LEASE_SECONDS
+
+        self.ws.db.write(write)
+        if on_step is not None:
+            on_step(rid, summary(plan, state))
+
+    def _deploy(self, rid: str, device: str, targets: dict[str, Any], revert: bool) -> int | None:
+        """Publish a signed manifest for the rollout's model (or the device's previous one)."""
+        t = targets["devices"][device]
+        if revert:
+            prev = t.get("previous")
+            if prev is None:
+                return None
+            ref, variant_name = prev["ref"], prev["variant"]
+        else:
+            with self.ws.db.session() as s:
+                ref = s.get(Rollout, rid).model_ref
+            variant_name = t["variant"]
+        mv = self.ws.registry.get_version(ref)
+        variant = next(v for v in mv.variants if v.name == variant_name)
+        data = self.ws.registry.variant_bytes(mv.ref, variant.name)
+        mo = ManifestOptions(**targets["manifest"])
+        if variant.sha256 not in self._published:
+            publish_artifact(self.client, self.fleet.fleet, data, mo.chunk_size)
+            self._published.add(variant.sha256)
+        seq = self.fleet.next_seq()
+        manifest = build_manifest(
+            fleet=self.fleet.fleet,
+            device=device,
+            seq=seq,
+            rollout=rid,
+            mv=mv,
+            variant=variant,
+            data=data,
+            hardware=targets["hardware"],
+            opts=mo,
+            now=self.clock(),
+        )
+        envelope = sign(manifest, self.key)
+        self.client.publish_all(
+            [
+                (
+                    device_topic(self.fleet.fleet, device, "desired"),
+                    json.dumps(envelope).encode(),
+                    True,
+                )
+            ]
+        )
+        self.fleet.save_desired(
+            device, seq, rid, mv.ref, variant.name, variant.sha256, envelope, manifest["expires_at"]
+        )
+        return seq
+
+    def resign_expiring(self, now: float, margin: float | None = None) -> int:
+        """Re-sign and republish desired states that would expire within ``margin`` seconds
+        (default: half their lifetime), keeping their seq; returns how many."""
+        n = 0
+        for d in self.fleet.desired():
+            m = dict(d.envelope["manifest"])
+            life = m["expires_at"] - m["issued_at"]
+            if d.expires_at - now > (life / 2 if margin is None else margin):
+                continue
+            m["issued_at"], m["expires_at"] = now, now + life
+            envelope = sign(m, self.key)
+            if self.client is not None:
+                self.client.publish_all(
+                    [
+                        (
+                            device_topic(self.fleet.fleet, d.device_id, "desired"),
+                            json.dumps(envelope).encode(),
+                            True,
+                        )
+                    ]
+                )
+            self.fleet.save_desired(
+                d.device_id,
+                d.seq,
+                d.rollout_id,
+                d.model_ref,
+                d.variant,
+                d.sha256,
+                envelope,
+                m["expires_at"],
+            )
+            n += 1
+        return n
+
+    # --- reading -----------------------------------------------------------------------------
+    def status(self, rollout_id: str) -> dict[str, Any]:
+        with self.ws.db.session() as s:
+            r = s.get(Rollout, rollout_id)
+            if r is None:
+                raise NotFound(f"no rollout {rollout_id!r}; see `edgeops rollout list`")
+            plan = RolloutPlan.from_dict(r.plan)
+            state = RolloutState.from_dict(r.state)
+            out = summary(plan, state)
+            out.update(
+                model=r.model_ref,
+                selector=r.selector,
+                created_at=r.created_at,
+                skipped=r.targets.get("skipped", {}),
+                devices_detail={
+                    d: {
+                        "status": ds.status.value,
+                        "attempt": ds.attempt,
+                        "seq": ds.seq,
+                        "reason": ds.reason,
+                        "variant": r.targets["devices"][d]["variant"],
+                    }
+                    for d, ds in state.devices.items()
+                },
+                pending_requests=[q["op"] for q in r.requests],
+            )
+            return out
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.ws.db.session() as s:
+            q = (
+                select(Rollout)
+                .where(Rollout.fleet == self.fleet.fleet)
+                .order_by(Rollout.created_at.desc())
+            )
+            return [
+                {
+                    "id": r.id,
+                    "model": r.model_ref,
+                    "selector": r.selector,
+                    "status": r.status,
+                    "devices": len(r.plan["devices"]),
+                    "created_at": r.created_at,
+                }
+                for r in s.execute(q).scalars()
+            ]

@@ -1,0 +1,153 @@
+"""Turning a registered variant into a signed manifest for one device, and publishing it.
+
+Which variant a device gets: the one named, or else the best its runtimes can
+run — ``tflite-int8`` then ``tflite-f32`` for TFLite runtimes, ``onnx-int8`` then
+``onnx-f32`` for onnxruntime (and ``c-tflm`` / ``c-emlearn`` for microcontroller
+firmware).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edgeops_protocol.chunks import DEFAULT_CHUNK_SIZE, describe_chunks, split_chunks
+from edgeops_protocol.manifest import RUNTIME_FAMILY, sign_manifest
+from edgeops_protocol.topics import chunk_topic, device_topic
+
+from ..errors import InvalidInput
+
+__all__ = [
+    "DEFAULT_TTL",
+    "PREFERENCE",
+    "ManifestOptions",
+    "build_manifest",
+    "choose_variant",
+    "publish_artifact",
+]
+
+DEFAULT_TTL = 7 * 24 * 3600.0  # a desired state is valid for a week and re-signed before then
+# runtime family -> variants it runs, best first
+PREFERENCE = {
+    "tflite": ("tflite-int8", "tflite-f32"),
+    "onnx": ("onnx-int8", "onnx-f32"),
+    "tflm": ("c-tflm",),
+    "emlearn": ("c-emlearn",),
+}
+_FORMAT_FAMILY = {"tflite": "tflite", "onnx": "onnx", "c-tflm": "tflm", "c-emlearn": "emlearn"}
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    ttl: float = DEFAULT_TTL
+    probation_s: float = 60.0
+    max_error_rate: float = 0.05
+    latency_budget_ms: float | None = None  # default: from the variant's measured latency
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+def device_families(state: dict[str, Any]) -> list[str]:
+    return sorted({RUNTIME_FAMILY.get(r, r) for r in state.get("runtimes", [])})
+
+
+def choose_variant(mv: Any, state: dict[str, Any], wanted: str | None = None) -> Any | None:
+    """The variant of version ``mv`` this device should run, or None if it can run none."""
+    families = device_families(state)
+    by_name = {v.name: v for v in mv.variants}
+    if wanted:
+        v = by_name.get(wanted)
+        if v is None:
+            raise InvalidInput(
+                f"{mv.ref} has no variant {wanted!r}; it has {', '.join(sorted(by_name))}"
+            )
+        return v if _FORMAT_FAMILY.get(v.format) in families else None
+    for family in families:
+        for name in PREFERENCE.get(family, ()):
+            if name in by_name:
+                return by_name[name]
+    return None
+
+
+def _atol(variant: Any) -> float:
+    return 0.1 if variant.meta.get("quantization") == "int8" else 1e-3
+
+
+def build_manifest(
+    *,
+    fleet: str,
+    device: str,
+    seq: int,
+    rollout: str | None,
+    mv: Any,
+    variant: Any,
+    data: bytes,
+    hardware: list[str],
+    opts: ManifestOptions,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The manifest (unsigned) deploying ``variant`` of ``mv`` to ``device``."""
+    now = time.time() if now is None else now
+    meta = variant.meta
+    family = _FORMAT_FAMILY[variant.format]
+    budget = opts.latency_budget_ms
+    if budget is None:  # generous: a Pi is slower than the build machine
+        budget = max(50.0, 50.0 * float(variant.metrics.get("latency_ms_p95", 1.0)))
+    vectors = meta.get("test_vectors", {"inputs": [], "outputs": []})
+    return {
+        "fleet": fleet,
+        "device": device,
+        "seq": seq,
+        "action": "deploy",
+        "deployment": f"{rollout or 'direct'}/{device}/{seq}",
+        "rollout": rollout,
+        "issued_at": now,
+        "expires_at": now + opts.ttl,
+        "target": {"hardware": hardware, "runtime": [family]},
+        "model": {
+            "name": mv.model.name,
+            "version": mv.version,
+            "variant": variant.name,
+            "format": variant.format,
+            "runtime": family,
+        },
+        "artifact": describe_chunks(data, opts.chunk_size),
+        "health": {
+            "inputs": vectors["inputs"],
+            "outputs": vectors["outputs"],
+            "atol": _atol(variant),
+            "latency_budget_ms": budget,
+            "probation_s": opts.probation_s,
+            "max_error_rate": opts.max_error_rate,
+        },
+        "serving": {
+            "labels": meta.get("labels", []),
+            "feature_names": meta.get("feature_names", []),
+            "features": meta.get("features"),
+            "baseline": meta.get("baseline"),
+            "inputs": meta.get("inputs", []),
+            "outputs": meta.get("outputs", []),
+        },
+    }
+
+
+def sign(manifest: dict[str, Any], key: Any) -> dict[str, Any]:
+    return sign_manifest(manifest, key.private)
+
+
+def publish_artifact(client: Any, fleet: str, data: bytes, chunk_size: int) -> int:
+    """Publish the artifact's chunks retained; returns the number of chunks."""
+    import hashlib
+
+    sha = hashlib.sha256(data).hexdigest()
+    chunks = split_chunks(data, chunk_size)
+    client.publish_all([(chunk_topic(fleet, sha, i), c, True) for i, c in enumerate(chunks)])
+    return len(chunks)
+
+
+def publish_desired(client: Any, fleet: str, device: str, envelope: dict[str, Any]) -> None:
+    import json
+
+    client.publish_all(
+        [(device_topic(fleet, device, "desired"), json.dumps(envelope).encode(), True)]
+    )

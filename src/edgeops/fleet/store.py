@@ -1,0 +1,189 @@
+"""The fleet registry, fed by the devices' state and event messages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgeops_protocol.messages import parse_state
+from edgeops_protocol.topics import ProtocolError, device_filter, parse_device_topic, validate_id
+
+from ..errors import InvalidInput, NotFound
+from ..store import Database
+from ..store.schema import Desired, Device, DeviceEvent, FleetSeq
+from .selector import Selector
+
+__all__ = ["FleetStore"]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FleetStore:
+    def __init__(self, db: Database, fleet: str) -> None:
+        self.db = db
+        self.fleet = validate_id(fleet, "fleet")
+
+    # --- ingest -------------------------------------------------------------------
+    def apply_state(self, state: dict[str, Any]) -> None:
+        """Record a parsed state message. An offline state keeps what the device last said."""
+
+        def write(s: Session) -> None:
+            dev = self._find(s, state["device"])
+            if dev is None:
+                dev = Device(fleet=self.fleet, device_id=state["device"], state={}, tags=[])
+                s.add(dev)
+            dev.online = state["online"]
+            dev.last_seen = _now()
+            if state["online"]:
+                dev.state = {k: v for k, v in state.items() if k not in ("fleet",)}
+                dev.reported_tags = list(state.get("tags", []))
+
+        self.db.write(write)
+
+    def apply_event(self, event: dict[str, Any]) -> None:
+        def write(s: Session) -> None:
+            s.add(
+                DeviceEvent(
+                    fleet=self.fleet,
+                    device_id=event["device"],
+                    seq=event["seq"],
+                    rollout_id=event.get("rollout"),
+                    event=event["event"],
+                    reason=event.get("reason", ""),
+                    progress=event.get("progress"),
+                    device_ts=event["ts"],
+                )
+            )
+            dev = self._find(s, event["device"])
+            if dev is not None:
+                dev.last_seen = _now()
+
+        self.db.write(write)
+
+    def sync(self, client: Any, quiet: float = 0.3) -> int:
+        """Read every retained device state from the broker into the registry; the count."""
+        n = 0
+        for msg in client.retained(device_filter(self.fleet, "state"), quiet=quiet):
+            try:
+                fleet, device, _ = parse_device_topic(msg.topic)
+                state = parse_state(msg.payload)
+            except ProtocolError:
+                continue
+            if fleet != self.fleet or state["device"] != device:
+                continue  # a device may only speak for itself
+            self.apply_state(state)
+            n += 1
+        return n
+
+    # --- reading ------------------------------------------------------------------
+    def _find(self, s: Session, device: str) -> Device | None:
+        q = select(Device).where(Device.fleet == self.fleet, Device.device_id == device)
+        return s.execute(q).scalar_one_or_none()
+
+    def get(self, device: str) -> Device:
+        with self.db.session() as s:
+            dev = self._find(s, device)
+            if dev is None:
+                raise NotFound(
+                    f"no device {device!r} in fleet {self.fleet}; see `edgeops fleet list`"
+                )
+            return dev
+
+    def devices(self, selector: str | None = None) -> list[Device]:
+        sel = Selector.parse(selector) if selector else None
+        with self.db.session() as s:
+            q = select(Device).where(Device.fleet == self.fleet).order_by(Device.device_id)
+            rows = list(s.execute(q).scalars())
+        return [d for d in rows if sel is None or sel.matches(d.device_id, all_tags(d))]
+
+    def events(
+        self, device: str | None = None, rollout: str | None = None, limit: int = 100
+    ) -> list[DeviceEvent]:
+        with self.db.session() as s:
+            q = select(DeviceEvent).where(DeviceEvent.fleet == self.fleet)
+            if device:
+                q = q.where(DeviceEvent.device_id == device)
+            if rollout:
+                q = q.where(DeviceEvent.rollout_id == rollout)
+            return list(s.execute(q.order_by(DeviceEvent.id.desc()).limit(limit)).scalars())
+
+    def tag(self, device: str, tags: list[str], remove: bool = False) -> list[str]:
+        for t in tags:
+            try:
+                validate_id(t, "tag")
+            except ProtocolError as exc:
+                raise InvalidInput(str(exc)) from exc
+
+        def write(s: Session) -> list[str]:
+            dev = self._find(s, device)
+            if dev is None:
+                raise NotFound(f"no device {device!r} in fleet {self.fleet}")
+            current = (
+                [t for t in dev.tags if t not in tags]
+                if remove
+                else sorted(set(dev.tags) | set(tags))
+            )
+            dev.tags = current
+            return sorted(set(current) | set(dev.reported_tags))
+
+        return self.db.write(write)
+
+    # --- deployments ----------------------------------------------------------------
+    def next_seq(self) -> int:
+        """The next deployment sequence number of the fleet (never reused)."""
+
+        def write(s: Session) -> int:
+            row = s.execute(
+                select(FleetSeq).where(FleetSeq.fleet == self.fleet).with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                row = FleetSeq(fleet=self.fleet, last_seq=0)
+                s.add(row)
+            # never below what a device already accepted (e.g. a store restored from backup)
+            devices = s.execute(select(Device).where(Device.fleet == self.fleet)).scalars()
+            floor = max((d.state.get("accepted_seq", 0) for d in devices), default=0)
+            row.last_seq = max(row.last_seq, floor) + 1
+            return row.last_seq
+
+        return self.db.write(write)
+
+    def save_desired(
+        self,
+        device: str,
+        seq: int,
+        rollout_id: str | None,
+        model_ref: str,
+        variant: str,
+        sha256: str,
+        envelope: dict,
+        expires_at: float,
+    ) -> None:
+        def write(s: Session) -> None:
+            row = s.get(Desired, (self.fleet, device))
+            if row is None:
+                row = Desired(fleet=self.fleet, device_id=device)
+                s.add(row)
+            row.seq, row.rollout_id, row.model_ref, row.variant = (
+                seq,
+                rollout_id,
+                model_ref,
+                variant,
+            )
+            row.sha256, row.envelope, row.expires_at = sha256, envelope, expires_at
+            row.updated_at = _now()
+
+        self.db.write(write)
+
+    def desired(self) -> list[Desired]:
+        with self.db.session() as s:
+            q = select(Desired).where(Desired.fleet == self.fleet).order_by(Desired.device_id)
+            return list(s.execute(q).scalars())
+
+
+def all_tags(dev: Device) -> set[str]:
+    return set(dev.tags) | set(dev.reported_tags)
