@@ -156,6 +156,8 @@ def parse_event(payload: bytes, max_bytes: int = 16 * 1024) -> dict:
     if kind == "downloading":
         progress = _num(obj, "progress", optional=True)
         out["progress"] = min(max(progress or 0.0, 0.0), 1.0)
+    if kind == "failed":  # the deployment step that failed (download, verify, health, ...)
+        out["step"] = _str(obj, "step", 32, optional=True) or ""
     return out
 
 

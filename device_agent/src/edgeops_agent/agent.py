@@ -1,0 +1,561 @@
+"""The device agent: desired manifests in, deployments, state and events out.
+
+Threads: paho's network thread only hands messages to the agent's bounded
+:class:`~edgeops_agent.worker.Mailbox`; one worker (of a pool shared by the fleet
+simulator) runs everything else, one message at a time, so the agent's state
+needs no locks. Applications call the :class:`~edgeops_agent.serve.Predictor`
+from their own threads; its probation counters post a rollback request into the
+mailbox. A timer posts a ``tick`` every second (download stalls, end of
+probation, a rollback made by ``edgeops-agent rollback`` while the agent runs).
+
+What the agent keeps is in :mod:`edgeops_agent.store`; how one manifest is
+deployed is :mod:`edgeops_agent.deploy`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from edgeops_protocol.manifest import (
+    DeviceFacts,
+    Rejected,
+    check_manifest,
+    parse_envelope,
+    verify_envelope,
+)
+from edgeops_protocol.messages import event_message, state_message
+from edgeops_protocol.topics import (
+    ProtocolError,
+    chunk_filter,
+    device_topic,
+    parse_chunk_topic,
+    parse_device_topic,
+)
+
+from .config import AgentConfig
+from .deploy import Deployment
+from .errors import DeployFailed, StoreError
+from .fsutil import FileLock
+from .health import LINUX_FORMATS, health_check
+from .probation import Probation
+from .report import event_fields, state_fields
+from .runtime import load_runner
+from .serve import LoadedModel, Predictor
+from .stats import RateLimitedLog, Stats
+from .store import StateStore, other_slot
+from .worker import Mailbox, Timer, WorkerPool
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("edgeops_agent")
+TICK_S = 1.0
+_FORMAT_FAMILY = {"tflite": "tflite", "onnx": "onnx", "c-tflm": "tflm", "c-emlearn": "emlearn"}
+
+
+class Agent:
+    """One device. ``start()`` returns at once; ``stop()`` publishes the offline state."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        pool: WorkerPool | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = StateStore(config.state_dir)
+        self._clock = clock
+        self._stats = Stats()
+        self._rlog = RateLimitedLog(log)
+        self.predictor = Predictor(extra_latency_ms=config.simulate.extra_latency_ms)
+        self.predictor.add_listener(self._on_prediction)
+        self.facts = DeviceFacts(
+            config.fleet,
+            config.device,
+            config.hardware,
+            tuple(config.installed_runtimes),
+            config.max_artifact_bytes,
+        )
+        self.topics = {
+            kind: device_topic(config.fleet, config.device, kind)
+            for kind in ("state", "desired", "events")
+        }
+        self._own_pool = pool is None
+        self._pool = pool or WorkerPool(1, name=f"agent-{config.device}")
+        self._box = Mailbox(
+            self._pool,
+            self._handle,
+            max_items=config.inbox_size,
+            max_bytes=max(16 * 1024 * 1024, 4 * config.max_message_bytes),
+        )
+        self._agent_lock = FileLock(config.state_dir / "agent.lock")
+        self.boot = ""
+        self.events: deque[dict[str, Any]] = deque(maxlen=200)  # recent events, newest last
+        self._deployment: Deployment | None = None
+        self._probation: Probation | None = None
+        self._link: Any = None  # MqttLink, imported on start (paho is only needed then)
+        self._http: Any = None
+        self._timer: Timer | None = None
+        self._tick_queued = False
+        self._running = False
+        self._stopped = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of messages received, dropped, rejected, chunks stored, ... (a copy)."""
+        return self._stats.snapshot()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._link is not None and self._link.connected)
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return None if self._http is None else self._http.address
+
+    def start(self) -> None:
+        """Load the active model, resume a deployment in flight, connect in the background."""
+        if self._running:
+            return
+        if self._box.closed:
+            raise RuntimeError("an Agent starts once; create a new Agent to start again")
+        if not self._agent_lock.acquire(blocking=False):
+            raise StoreError(f"another agent is running on {self.config.state_dir}; stop it first")
+        try:
+            self._start()
+        except BaseException:
+            self._agent_lock.release()
+            raise
+
+    def _start(self) -> None:
+        from .mqtt import MqttLink
+
+        self.boot = f"{self.store.new_boot()}-{secrets.token_hex(4)}"
+        self._load_active(resume_probation=True)
+        pending = self.store.deploying_manifest()
+        stale = self.store.state.get("deploying")
+        if pending is None and stale:  # its manifest file is gone: nothing to resume
+            self.store.end_deployment(int(stale["seq"]))
+        self.store.clean_downloads(keep=pending["artifact"]["sha256"] if pending else None)
+        self._link = MqttLink(
+            self.config,
+            will=(self.topics["state"], self._offline_state()),
+            on_message=self._on_mqtt_message,
+            on_connect=lambda: self._box.post(("connected",), force=True),
+            on_disconnect=lambda: self._box.post(("disconnected",), force=True),
+        )
+        self._running = True
+        self._stopped.clear()
+        if self._own_pool:
+            self._pool.start()
+        if pending is not None:
+            self._box.post(("resume", pending), force=True)
+        if self.config.http_port is not None:
+            from .httpd import LocalHttp
+
+            self._http = LocalHttp(self, self.config.http_port)
+            self._http.start()
+        self._arm_tick()
+        self._link.start()
+        log.info("agent %s/%s started (boot %s)", self.config.fleet, self.config.device, self.boot)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the message in hand, publish the offline state, disconnect.
+
+        Messages still queued are dropped: everything the agent receives is retained
+        on the broker and comes again on the next start."""
+        if not self._running:
+            return
+        self._running = False
+        if self._timer:
+            self._timer.cancel()
+        self._box.close()
+        self._box.wait_idle(timeout)
+        self._link.stop(final=(self.topics["state"], self._offline_state()))
+        self._shutdown()
+
+    def kill(self) -> None:
+        """Stop as a crash would: no offline state (the broker publishes the last will)."""
+        if not self._running:
+            return
+        self._running = False
+        if self._timer:
+            self._timer.cancel()
+        self._box.close()
+        self._link.abort()
+        self._box.wait_idle(10.0)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._box.close()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self._own_pool:
+            self._pool.stop()
+        self._agent_lock.release()
+        self._stopped.set()
+
+    def run_forever(self) -> None:
+        """Start and block until :meth:`stop` (e.g. from a signal handler)."""
+        self.start()
+        while not self._stopped.wait(1.0):
+            pass
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every message received so far was handled (for tests and tools)."""
+        return self._box.wait_idle(timeout)
+
+    def inject(self, topic: str, payload: bytes) -> bool:
+        """Hand a message to the agent as if the broker had sent it; False if it was dropped."""
+        return self._on_mqtt_message(topic, payload)
+
+    # --- state and events ------------------------------------------------------------
+    def state_fields(self) -> dict[str, Any]:
+        """The fields of this device's ``state`` message (docs/protocol.md)."""
+        return state_fields(
+            self.store.snapshot(),
+            fleet=self.config.fleet,
+            device=self.config.device,
+            boot=self.boot,
+            ts=self._clock(),
+            hardware=self.config.hardware,
+            runtimes=self.facts.runtimes,
+            tags=self.config.tags,
+        )
+
+    def _offline_state(self) -> bytes:
+        return state_message(
+            fleet=self.config.fleet, device=self.config.device, online=False, ts=self._clock()
+        )
+
+    def _publish_state(self) -> None:
+        if self.connected:
+            self._link.publish(
+                self.topics["state"], state_message(**self.state_fields()), retain=True
+            )
+
+    def emit(
+        self,
+        event: str,
+        manifest: dict[str, Any],
+        *,
+        progress: float | None = None,
+        reason: str = "",
+        step: str | None = None,
+    ) -> None:
+        """Publish a deployment event (kept on disk for the next connection when offline)."""
+        fields = event_fields(
+            manifest,
+            event,
+            fleet=self.config.fleet,
+            device=self.config.device,
+            boot=self.boot,
+            ts=self._clock(),
+            progress=progress,
+            reason=reason,
+            step=step,
+        )
+        self.events.append(fields)
+        self._stats.incr(f"events_{event}")
+        if not self._send_event(fields) and event != "downloading":
+            try:
+                self.store.add_pending_event(fields)
+            except StoreError as exc:
+                log.error("cannot keep event %s for later: %s", event, exc)
+
+    def _send_event(self, fields: dict[str, Any]) -> bool:
+        if not self.connected:
+            return False
+        return bool(self._link.publish(self.topics["events"], event_message(**fields)))
+
+    # --- paho's thread ---------------------------------------------------------------
+    def _on_mqtt_message(self, topic: str, payload: bytes) -> bool:
+        if not self._running:
+            return False
+        self._stats.incr("messages_received")
+        if len(payload) > self.config.max_message_bytes:
+            self._count(
+                "dropped_oversized", f"dropped a message of {len(payload)} bytes on {topic[:120]!r}"
+            )
+            return False
+        if not self._box.post(("message", topic, bytes(payload)), size=len(payload)):
+            self._count("dropped_queue_full", f"inbox full: dropped a message on {topic[:120]!r}")
+            return False
+        return True
+
+    # --- the worker ------------------------------------------------------------------
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        try:
+            if kind == "message":
+                self._on_message(item[1], item[2])
+            elif kind == "connected":
+                self._on_connected()
+            elif kind == "disconnected":
+                self._stats.incr("disconnects")
+            elif kind == "tick":
+                self._on_tick()
+            elif kind == "probation_failed":
+                self._on_probation_failed(item[1], item[2])
+            elif kind == "resume":
+                self._begin(item[1], resumed=True)
+        except StoreError as exc:  # the disk failed under us: say so, keep serving
+            self._stats.incr("store_errors")
+            log.error("state directory error: %s", exc)
+        except Exception:  # a bug must not stop the worker: count it, log it, go on
+            self._stats.incr("internal_errors")
+            log.exception("error while handling %s", kind)
+
+    def _on_connected(self) -> None:
+        if not self._running:
+            return
+        self._stats.incr("connects")
+        self._link.subscribe(self.topics["desired"], 1)
+        self._publish_state()
+        if self._deployment is not None and self._deployment.downloading:
+            self._deployment.announce()
+            self.subscribe_chunks(self._deployment.sha256)
+        for fields in self.store.take_pending_events():
+            if not self._send_event(fields):
+                self.store.add_pending_event(fields)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics["desired"]:
+            self._on_desired(payload)
+            return
+        if topic.startswith(f"edgeops/{self.config.fleet}/artifacts/"):
+            self._on_chunk(topic, payload)
+            return
+        try:
+            fleet, device, _ = parse_device_topic(topic)
+        except ProtocolError:
+            self._count("unknown_topic", f"message on an unknown topic {topic[:120]!r}")
+            return
+        if (fleet, device) != (self.config.fleet, self.config.device):
+            self._count("other_device", f"message for another device on {topic[:120]!r}")
+        else:
+            self._count("unknown_topic", f"unexpected message on {topic!r}")
+
+    def _count(self, counter: str, message: str) -> None:
+        self._stats.incr(counter)
+        self._rlog.warning(counter, "%s", message)
+
+    def _on_desired(self, payload: bytes) -> None:
+        if not payload:
+            self._stats.incr("desired_cleared")
+            return
+        try:
+            env = parse_envelope(payload, self.config.max_message_bytes)
+        except ProtocolError as exc:
+            self._count("malformed", f"malformed desired state: {exc}")
+            self.emit("rejected", {}, reason=f"malformed desired state: {exc}")
+            return
+        raw = env["manifest"]
+        if raw.get("fleet") != self.config.fleet or raw.get("device") != self.config.device:
+            self._count("other_device", "dropped a desired state for another device")
+            return
+        try:
+            manifest = verify_envelope(env, self.config.key_map, self.config.hmac_keys)
+            if not check_manifest(manifest, self.facts, self.store.accepted_seq, self._clock()):
+                self._stats.incr("desired_already_handled")
+                return
+            self._check_runnable(manifest)
+        except Rejected as exc:
+            self._count("rejected", f"rejected manifest seq {raw.get('seq')!r}: {exc}")
+            self.emit("rejected", raw, reason=str(exc))
+            return
+        if self._deployment is not None and not self._deployment.finished:
+            old = self._deployment
+            old.abandon(f"superseded by manifest seq {manifest['seq']}")
+            self._stats.incr("deployments_abandoned")
+            sha = manifest["artifact"]["sha256"]
+            self.store.end_deployment(old.seq, keep_downloads=sha if old.sha256 == sha else None)
+        self.store.begin_deployment(manifest)  # accepted_seq is on disk before anything else
+        self._publish_state()
+        self._begin(manifest, resumed=False)
+
+    def _check_runnable(self, manifest: dict[str, Any]) -> None:
+        fmt = manifest["model"]["format"]
+        if fmt not in LINUX_FORMATS or _FORMAT_FAMILY[fmt] != manifest["model"]["runtime"]:
+            raise Rejected(
+                f"model format {fmt} with runtime {manifest['model']['runtime']} does not run "
+                "on this agent"
+            )
+        if manifest["artifact"]["chunk_size"] > self.config.max_message_bytes:
+            raise Rejected(
+                f"chunk_size {manifest['artifact']['chunk_size']} is over this device's message "
+                f"limit of {self.config.max_message_bytes}"
+            )
+
+    def _begin(self, manifest: dict[str, Any], resumed: bool) -> None:
+        self._stats.incr("deployments_resumed" if resumed else "deployments_started")
+        dep = Deployment(
+            manifest,
+            self.store,
+            self,
+            stall_s=self.config.download_stall_s,
+            timeout_s=self.config.download_timeout_s,
+            wall_clock=self._clock,
+        )
+        self._deployment = dep
+        dep.begin()
+        self._settle()
+
+    def _settle(self) -> None:
+        """After a deployment step: a finished deployment is forgotten and the state told."""
+        if self._deployment is not None and self._deployment.finished:
+            self._deployment = None
+            self._publish_state()
+
+    def _on_chunk(self, topic: str, payload: bytes) -> None:
+        try:
+            _, sha, index = parse_chunk_topic(topic)
+        except ProtocolError:
+            self._count("unknown_topic", f"bad artifact topic {topic[:120]!r}")
+            return
+        dep = self._deployment
+        if dep is None or not dep.downloading or sha != dep.sha256:
+            self._stats.incr("chunks_unexpected")
+            return
+        if self.config.simulate.download_delay_ms:
+            time.sleep(self.config.simulate.download_delay_ms / 1000.0)
+        outcome = dep.add_chunk(index, payload)
+        self._stats.incr(f"chunks_{outcome}")
+        if outcome == "bad":
+            self._rlog.warning(
+                "bad-chunk", "chunk %d of %s failed its SHA-256 check; dropped", index, sha[:12]
+            )
+        self._settle()
+
+    # --- ports for Deployment ----------------------------------------------------------
+    def subscribe_chunks(self, sha256: str) -> None:
+        if self.connected:
+            self._link.subscribe(chunk_filter(self.config.fleet, sha256), 1)
+
+    def unsubscribe_chunks(self, sha256: str) -> None:
+        if self.connected:
+            self._link.unsubscribe(chunk_filter(self.config.fleet, sha256))
+
+    def check_health(self, manifest: dict[str, Any], model_bytes: bytes) -> LoadedModel:
+        runner, report = health_check(
+            manifest["model"]["format"],
+            model_bytes,
+            manifest["health"],
+            simulate_failure=self.config.simulate.fail_health,
+        )
+        log.info(
+            "health check passed: %d rows, max diff %.3g, median %.2f ms",
+            report.rows,
+            report.max_abs_diff,
+            report.median_latency_ms,
+        )
+        return LoadedModel.build(
+            runner, manifest, corrupt=self.config.simulate.corrupt_outputs_after_activation
+        )
+
+    def activated(self, slot: str, model: LoadedModel, meta: dict[str, Any]) -> None:
+        self.predictor.load(model)
+        self._start_probation(meta, model.manifest)
+        self.emit("activated", model.manifest)  # the new state follows from _settle()
+        log.info("activated %s (seq %d) in slot %s", model.name, meta["seq"], slot)
+
+    # --- probation and rollback --------------------------------------------------------
+    def _start_probation(self, meta: dict[str, Any], manifest: dict[str, Any]) -> None:
+        health = manifest["health"]
+        until = float(meta.get("activated_at") or 0) + float(health["probation_s"])
+        self._probation = None
+        if until > self._clock():
+            self._probation = Probation(
+                until,
+                max_error_rate=float(health["max_error_rate"]),
+                latency_budget_ms=float(health["latency_budget_ms"]),
+                clock=self._clock,
+            )
+
+    def _on_prediction(self, features: Any, outputs: Any, latency_ms: float, error: bool) -> None:
+        probation = self._probation
+        if probation is None:
+            return
+        reason = probation.record(error, latency_ms)
+        if reason is not None:
+            self._box.post(("probation_failed", probation, reason), force=True)
+
+    def _on_probation_failed(self, probation: Probation, reason: str) -> None:
+        if probation is not self._probation:
+            return  # another model is active by now
+        self._probation = None
+        self.rollback(f"probation: {reason}")
+
+    def rollback(self, reason: str) -> None:
+        """Switch back to the previous slot (or to no model) and report it. Worker thread only."""
+        failed = self.store.slot_meta(self.store.active)
+        old, new = self.store.switch_back(reason)
+        self._stats.incr("rollbacks")
+        self._load_active(resume_probation=False)
+        log.warning("rolled back from slot %s to %s: %s", old, new or "no model", reason)
+        if failed:
+            self.emit("rolled_back", failed, reason=reason)
+        self._publish_state()
+
+    def _load_active(self, resume_probation: bool) -> None:
+        """Serve the active slot's model (after a start, a rollback, or a CLI rollback)."""
+        slot = self.store.active
+        self._probation = None
+        if slot is None:
+            self.predictor.load(None)
+            return
+        try:
+            data, manifest = self.store.read_slot(slot)
+            runner = load_runner(manifest["model"]["format"], data)
+            model = LoadedModel.build(runner, manifest)
+        except (StoreError, DeployFailed, ValueError, RuntimeError) as exc:
+            log.error("active slot %s cannot be loaded (%s); switching back", slot, exc)
+            self.store.forget_slot(slot)
+            self.predictor.load(None)
+            other = other_slot(slot)
+            if self.store.slot_meta(other):
+                self.store.update(lambda s: s.update(active=other))
+                self._load_active(resume_probation=False)
+            return
+        self.predictor.load(model)
+        meta = self.store.slot_meta(slot)
+        if resume_probation and meta:
+            self._start_probation(meta, manifest)
+
+    def _on_tick(self) -> None:
+        self._tick_queued = False
+        if not self._running:
+            return
+        if self._deployment is not None:
+            self._deployment.tick()
+            self._settle()
+        if self._probation is not None and not self._probation.active():
+            if self._probation.failed is None:
+                log.info("probation passed after %d predictions", self._probation.count)
+            self._probation = None
+        if self.store.reload_if_changed():  # e.g. `edgeops-agent rollback` while we run
+            log.info("state.json was changed by another process; reloading")
+            self._load_active(resume_probation=False)
+            if self.connected:
+                for fields in self.store.take_pending_events():
+                    self._send_event(fields)
+            self._publish_state()
+        self._arm_tick()
+
+    def _arm_tick(self) -> None:
+        def fire() -> None:
+            if self._running and not self._tick_queued:
+                self._tick_queued = True
+                if not self._box.post(("tick",), force=True):
+                    self._tick_queued = False
+
+        if self._running:
+            self._timer = self._pool.call_later(TICK_S, fire)

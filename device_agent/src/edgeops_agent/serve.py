@@ -1,0 +1,191 @@
+"""Local predictions for applications on the device: the :class:`Predictor`.
+
+``predict_rows`` takes raw samples (dicts), runs the manifest's fitted feature
+transforms (``serving.features``, the same code training ran), then the model,
+and labels each row from ``serving.labels``; ``predict_features`` starts from a
+feature matrix. Both return ``[{"label": ..., "scores": [...]}, ...]``.
+
+The active model is swapped atomically by the agent (:meth:`Predictor.load`);
+calls in flight finish on the model they started with. Each loaded model has
+its own lock because runtimes (a TFLite interpreter) are not thread-safe.
+Listeners (the probation counters, later telemetry) get
+``(features_row, outputs_row, latency_ms, error)`` for every row predicted.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeops_protocol.baseline import labels_of
+from edgeops_protocol.features import FeatureSpecError, FittedFeatures
+
+from .errors import DeployFailed, NoModel, PredictionError
+from .runtime import Runner
+
+__all__ = ["Listener", "LoadedModel", "Predictor"]
+
+Listener = Callable[[np.ndarray, "np.ndarray | None", float, bool], None]
+MAX_ROWS = 10_000  # one request; bounds the memory a single call can take
+
+
+@dataclass
+class LoadedModel:
+    """A runner with the manifest it was deployed with."""
+
+    runner: Runner
+    manifest: dict[str, Any]
+    features: FittedFeatures | None = None
+    feature_names: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    corrupt: bool = False  # simulate.corrupt_outputs_after_activation
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, runner: Runner, manifest: dict[str, Any], corrupt: bool = False) -> LoadedModel:
+        """Check ``serving`` and build; :class:`DeployFailed` (step ``health``) if it is bad."""
+        serving = manifest.get("serving") or {}
+        features = None
+        try:
+            if serving.get("features"):
+                features = FittedFeatures.from_dict(serving["features"])
+        except FeatureSpecError as exc:
+            raise DeployFailed("health", f"serving.features: {exc}") from exc
+        labels = serving.get("labels") or []
+        names = serving.get("feature_names") or []
+        if not all(isinstance(x, str) for x in [*labels, *names]):
+            raise DeployFailed("health", "serving.labels and feature_names must be strings")
+        return cls(runner, manifest, features, list(names), list(labels), corrupt)
+
+    @property
+    def name(self) -> str:
+        m = self.manifest["model"]
+        return f"{m['name']}:{m['version']}/{m['variant']}"
+
+    def ref(self) -> dict[str, Any]:
+        m = self.manifest["model"]
+        return {
+            "name": m["name"],
+            "version": m["version"],
+            "variant": m["variant"],
+            "sha256": self.manifest["artifact"]["sha256"],
+            "seq": self.manifest["seq"],
+        }
+
+
+class Predictor:
+    """Thread-safe predictions with whichever model is active."""
+
+    def __init__(
+        self, *, extra_latency_ms: float = 0.0, on_prediction: Listener | None = None
+    ) -> None:
+        self._model: LoadedModel | None = None
+        self._extra_s = extra_latency_ms / 1000.0
+        self._listeners: list[Listener] = [on_prediction] if on_prediction else []
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    def load(self, model: LoadedModel | None) -> None:
+        """Serve ``model`` from now on (None: serve nothing)."""
+        self._model = model
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Predictions for raw samples, through the model's feature transforms."""
+        model = self._require()
+        if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)) or not rows:
+            raise PredictionError("rows must be a non-empty list of objects")
+        if len(rows) > MAX_ROWS:
+            raise PredictionError(f"at most {MAX_ROWS} rows per call")
+        if not all(isinstance(r, Mapping) for r in rows):
+            raise PredictionError("every row must be an object of column -> value")
+        try:
+            if model.features is not None:
+                matrix = model.features.transform_rows(rows)
+            elif model.feature_names:
+                matrix = np.array(
+                    [[float(row[n]) for n in model.feature_names] for row in rows], np.float32
+                )
+            else:
+                raise PredictionError(
+                    "this model's manifest has no serving.features; use predict_features"
+                )
+        except FeatureSpecError as exc:
+            raise PredictionError(str(exc)) from exc
+        except KeyError as exc:
+            raise PredictionError(f"missing column {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise PredictionError(f"rows are not numeric where they must be: {exc}") from exc
+        return self._predict(model, matrix)
+
+    def predict_features(self, matrix: Any) -> list[dict[str, Any]]:
+        """Predictions for a ``(n, features)`` matrix (or one row)."""
+        model = self._require()
+        try:
+            x = np.asarray(matrix, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise PredictionError(f"features must be a numeric matrix: {exc}") from exc
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim < 2 or len(x) == 0 or len(x) > MAX_ROWS:
+            raise PredictionError(f"features must be 1 to {MAX_ROWS} rows")
+        return self._predict(model, x)
+
+    def _require(self) -> LoadedModel:
+        model = self._model
+        if model is None:
+            raise NoModel("no model is active on this device yet")
+        return model
+
+    def _predict(self, model: LoadedModel, x: np.ndarray) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        error: Exception | None = None
+        out: np.ndarray | None = None
+        try:
+            with model.lock:
+                out = np.asarray(model.runner.predict(x), dtype=np.float32)
+            if self._extra_s:
+                time.sleep(self._extra_s)
+            if model.corrupt:
+                out = np.full_like(out, np.nan)
+            if len(out) != len(x):
+                raise ValueError(f"the model returned {len(out)} rows for {len(x)}")
+        except Exception as exc:  # the model failed: counted, then reported to the caller
+            error = exc
+        latency_ms = (time.perf_counter() - start) * 1000.0 / len(x)
+        if error is not None or out is None:
+            self._notify(x, None, latency_ms, [True] * len(x))
+            raise PredictionError(f"the model failed: {error}") from error
+        flat = out.reshape(len(out), -1)
+        finite = np.isfinite(flat).all(axis=1)
+        self._notify(x, flat, latency_ms, [not bool(f) for f in finite])
+        label_idx = labels_of(np.where(np.isfinite(out), out, 0.0))
+        results = []
+        for i in range(len(flat)):
+            label: Any = None
+            if finite[i]:
+                k = int(label_idx[i])
+                label = model.labels[k] if 0 <= k < len(model.labels) else k
+            scores = [v if math.isfinite(v) else None for v in flat[i].tolist()]
+            results.append({"label": label, "scores": scores})
+        return results
+
+    def _notify(
+        self, x: np.ndarray, out: np.ndarray | None, latency_ms: float, errors: list[bool]
+    ) -> None:
+        for listener in list(self._listeners):
+            for i, err in enumerate(errors):
+                try:
+                    listener(x[i], None if out is None else out[i], latency_ms, err)
+                except Exception:  # a listener must never break a prediction
+                    continue
