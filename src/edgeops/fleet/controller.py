@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -51,7 +52,7 @@ from .store import FleetStore
 __all__ = ["LEASE_SECONDS", "TERMINAL", "RolloutController", "RolloutOptions"]
 
 log = logging.getLogger("edgeops.rollout")
-LEASE_SECONDS = 15.0
+LEASE_SECONDS = float(os.environ.get("EDGEOPS_ROLLOUT_LEASE_S", "15"))
 TERMINAL = ("completed", "aborted", "rolled_back")
 _REQUESTS = {"pause": Pause, "resume": Resume, "abort": Abort, "rollback": Rollback}
 
