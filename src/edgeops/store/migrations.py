@@ -12,6 +12,7 @@ edgeops). Old steps are kept forever and tested from a version-1 store
    pipeline's step cache.
 3. fleet: devices, device events, the fleet's deployment sequence, desired
    states, rollouts.
+4. monitoring: telemetry windows, samples and labels, ingest counters, alerts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _to_2(conn: Connection) -> None:
@@ -35,5 +36,11 @@ def _to_3(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_3_TABLES])
 
 
+def _to_4(conn: Connection) -> None:
+    from .schema import SCHEMA_4_TABLES, Base
+
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_4_TABLES])
+
+
 # version -> step from version-1 to version; 1 is the initial create_all.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_2, 3: _to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4}

@@ -368,3 +368,79 @@ class Rollout(Base):
 
 
 SCHEMA_3_TABLES = ("devices", "device_events", "fleet_seq", "desired", "rollouts")
+
+
+# --- schema 4: telemetry, samples, labels, alerts -------------------------------------------
+
+
+class TelemetryWindow(Base):
+    """One statistics window from one device, stored once per (device, boot, seq)."""
+
+    __tablename__ = "telemetry_windows"
+    __table_args__ = (UniqueConstraint("fleet", "device_id", "boot", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    boot: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    model_ref: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    start: Mapped[float] = mapped_column()
+    end: Mapped[float] = mapped_column()
+    count: Mapped[int] = mapped_column(BigInteger)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sample(Base):
+    """A sampled prediction (raw input, model input, outputs) and its label when known."""
+
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("fleet", "sample_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    sample_id: Mapped[str] = mapped_column(String(200))
+    model_ref: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float] = mapped_column()
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    features: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    predicted: Mapped[str] = mapped_column(String(128), default="")
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    labelled_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IngestCounter(Base):
+    """Messages the collector rejected or dropped, by reason (what 'counted' means)."""
+
+    __tablename__ = "ingest_counters"
+    fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Alert(Base):
+    """A drift or skew alert: opened when a metric crosses its threshold, closed with
+    hysteresis; retraining listens to these."""
+
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    model_ref: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(200))  # "fleet", "device:ID", "tag:T"
+    metric: Mapped[str] = mapped_column(String(64))  # psi, js, ks, chi2_p, agreement, ...
+    subject: Mapped[str] = mapped_column(String(200))  # feature name, "outputs", ...
+    value: Mapped[float] = mapped_column()
+    threshold: Mapped[float] = mapped_column()
+    samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+SCHEMA_4_TABLES = ("telemetry_windows", "samples", "ingest_counters", "alerts")
