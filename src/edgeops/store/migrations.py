@@ -24,23 +24,23 @@ from sqlalchemy import Connection
 SCHEMA_VERSION = 4
 
 
-def _to_2(conn: Connection) -> None:
-    from .schema import SCHEMA_2_TABLES, Base
+def _create(tables_attr: str) -> Callable[[Connection], None]:
+    """A step that creates the tables a schema version introduced (listed in schema.py)."""
 
-    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_2_TABLES])
+    def step(conn: Connection) -> None:
+        from . import schema
 
+        names = getattr(schema, tables_attr)
+        schema.Base.metadata.create_all(
+            conn, tables=[schema.Base.metadata.tables[t] for t in names]
+        )
 
-def _to_3(conn: Connection) -> None:
-    from .schema import SCHEMA_3_TABLES, Base
-
-    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_3_TABLES])
-
-
-def _to_4(conn: Connection) -> None:
-    from .schema import SCHEMA_4_TABLES, Base
-
-    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in SCHEMA_4_TABLES])
+    return step
 
 
 # version -> step from version-1 to version; 1 is the initial create_all.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _to_2, 3: _to_3, 4: _to_4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _create("SCHEMA_2_TABLES"),
+    3: _create("SCHEMA_3_TABLES"),
+    4: _create("SCHEMA_4_TABLES"),
+}
