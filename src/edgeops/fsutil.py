@@ -47,3 +47,29 @@ def atomic_write(path: Path | str, mode: int = 0o644) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: Path | str, data: bytes, mode: int = 0o644) -> None:
     with atomic_write(path, mode) as fh:
         fh.write(data)
+
+
+def load_document(path: Path | str) -> tuple[object, str]:
+    """The parsed YAML (or, for ``.json``, JSON) document in ``path`` and its text.
+
+    Errors are :class:`~edgeops.errors.InvalidInput` naming the file and the problem.
+    """
+    import json
+
+    import yaml
+
+    from .errors import InvalidInput
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{path} does not exist; check the path") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InvalidInput(f"{path} is not valid YAML/JSON: {first}; fix the file") from exc
+    return doc, text

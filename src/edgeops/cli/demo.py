@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import console, table
+from ._common import console
 
 
 def demo(
@@ -22,30 +22,12 @@ def demo(
     Example: `edgeops demo --dir /tmp/edgeops-demo`
     """
     from ..demo import run_demo
-    from .train import RichReporter, _quiet_frameworks, native_stderr_silenced
+    from .train import RichReporter, _quiet_frameworks, native_stderr_silenced, variants_summary
 
     _quiet_frameworks()
     console.print(f"[bold]edgeops demo[/] in {folder.resolve()}")
     with RichReporter() as rep, native_stderr_silenced():
         r = run_demo(folder, rep, seed=seed)
-    rows = [
-        [
-            "original",
-            r.metrics["accuracy"],
-            "",
-            r.metrics["size_bytes"],
-            r.metrics["latency_ms_p50"],
-        ]
-    ]
-    rows += [
-        [n, m["accuracy"], m["agreement"], m["size_bytes"], m["latency_ms_p50"]]
-        for n, m in r.variants.items()
-    ]
-    console.print(
-        table(
-            f"{r.model} (production): variants measured on the held-out split",
-            ["variant", "accuracy", "agreement", "bytes", "p50 ms"],
-            rows,
-        )
-    )
+    title = f"{r.model} (production): variants measured on the held-out split"
+    console.print(variants_summary(title, r.metrics, r.variants))
     console.print(f"Next: [bold]cd {folder} && edgeops models show {r.model}[/]")

@@ -79,6 +79,20 @@ def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
         os.close(devnull)
 
 
+def variants_summary(
+    title: str, original: dict[str, Any], variants: dict[str, dict[str, Any]]
+) -> Any:
+    """The original and each variant: accuracy, agreement, bytes, median latency."""
+    rows = [
+        ["original", original["accuracy"], "", original["size_bytes"], original["latency_ms_p50"]]
+    ]
+    rows += [
+        [name, m["accuracy"], m["agreement"], m["size_bytes"], m["latency_ms_p50"]]
+        for name, m in variants.items()
+    ]
+    return table(title, ["variant", "accuracy", "agreement", "bytes", "p50 ms"], rows)
+
+
 def _quiet_frameworks() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("tensorflow", "tf2onnx", "absl"):
@@ -122,26 +136,7 @@ def train(
             }
         )
     else:
-        rows = [
-            [
-                "original",
-                result.metrics["accuracy"],
-                "",
-                result.metrics["size_bytes"],
-                result.metrics["latency_ms_p95"],
-            ]
-        ]
-        rows += [
-            [name, m["accuracy"], m["agreement"], m["size_bytes"], m["latency_ms_p95"]]
-            for name, m in result.variants.items()
-        ]
-        console.print(
-            table(
-                f"Run {result.run_id}",
-                ["variant", "accuracy", "agreement", "bytes", "p95 ms"],
-                rows,
-            )
-        )
+        console.print(variants_summary(f"Run {result.run_id}", result.metrics, result.variants))
     if result.status == "gated":
         raise GateFailed(
             f"run {result.run_id} did not pass its gates, nothing registered: "

@@ -15,7 +15,6 @@ rows the fitted steps were fitted on) once, stores it as an ``.npz`` artifact
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from edgeops_protocol.features import FittedFeatures, fit
 from ..artifacts import ArtifactStore
 from ..config import current_user
 from ..errors import Conflict, InvalidInput, NotFound
+from ..fsutil import load_document
 from ..refs import LATEST, Ref
 from ..store import Database
 from ..store.schema import (
@@ -51,20 +51,7 @@ __all__ = ["FeatureStore", "Materialized", "definition_hash", "load_spec"]
 
 def load_spec(path: Path | str) -> dict[str, Any]:
     """Read a feature spec from a YAML or JSON file; errors name the file and the problem."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{path} does not exist; check the path") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
-    try:
-        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InvalidInput(f"{path} is not valid YAML/JSON: {first}; fix the file") from exc
+    spec, _ = load_document(path)
     if not isinstance(spec, dict):
         raise InvalidInput(f"{path} must hold a mapping with name, inputs and steps")
     return spec

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
+from ..fsutil import load_document
 from ..refs import Ref, check_alias, check_name
 
 __all__ = [
@@ -232,18 +233,5 @@ def parse_pipeline(raw: Any, source: str = "") -> PipelineSpec:
 
 
 def load_pipeline(path: Path | str) -> PipelineSpec:
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{path} does not exist; check the path") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InvalidInput(f"{path} is not valid YAML: {first}; fix the file") from exc
+    raw, text = load_document(path)
     return parse_pipeline(raw, source=text)
