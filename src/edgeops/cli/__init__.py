@@ -15,6 +15,7 @@ from . import fleet as fleet_cmds
 from . import models as models_cmds
 from . import rollout as rollout_cmds
 from . import runs as runs_cmds
+from . import serve as serve_cmd
 from . import train as train_cmds
 from ._common import EdgeopsGroup, console, kv_table, print_json
 
@@ -38,6 +39,7 @@ app.add_typer(models_cmds.app, name="models")
 app.command("train")(train_cmds.train)
 app.command("quantize")(train_cmds.quantize)
 app.command("demo")(demo_cmd.demo)
+app.command("serve")(serve_cmd.serve)
 
 
 def _version(value: bool) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from ..fleet.store import device_summary as device_dict
 from ._common import JSON_HELP, console, kv_table, print_json, table, when, workspace
 
 app = typer.Typer(help="Devices of the fleet: list, show, tag.", no_args_is_help=True)
@@ -27,28 +28,6 @@ def sync(ctx: typer.Context) -> int:
     ws = workspace(ctx)
     with MqttClient(ws.settings.mqtt_url) as client:
         return fleet_store(ctx).sync(client)
-
-
-def device_dict(d: Any) -> dict[str, Any]:
-    from ..fleet.store import all_tags
-
-    st = d.state or {}
-    model = st.get("model") or {}
-    return {
-        "device": d.device_id,
-        "online": d.online,
-        "model": model.get("name"),
-        "version": model.get("version"),
-        "variant": model.get("variant"),
-        "seq": model.get("seq"),
-        "runtimes": st.get("runtimes", []),
-        "hardware": st.get("hardware"),
-        "last_seen": d.last_seen,
-        "tags": sorted(all_tags(d)),
-        "accepted_seq": st.get("accepted_seq"),
-        "previous": st.get("previous"),
-        "agent": st.get("agent"),
-    }
 
 
 @app.command("list")

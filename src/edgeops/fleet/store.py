@@ -16,7 +16,7 @@ from ..store import Database
 from ..store.schema import Desired, Device, DeviceEvent, FleetSeq
 from .selector import Selector
 
-__all__ = ["FleetStore"]
+__all__ = ["FleetStore", "all_tags", "device_summary"]
 
 
 def _now() -> datetime:
@@ -187,3 +187,24 @@ class FleetStore:
 
 def all_tags(dev: Device) -> set[str]:
     return set(dev.tags) | set(dev.reported_tags)
+
+
+def device_summary(d: Device) -> dict[str, Any]:
+    """A device as the CLI and the API show it."""
+    st = d.state or {}
+    model = st.get("model") or {}
+    return {
+        "device": d.device_id,
+        "online": d.online,
+        "model": model.get("name"),
+        "version": model.get("version"),
+        "variant": model.get("variant"),
+        "seq": model.get("seq"),
+        "runtimes": st.get("runtimes", []),
+        "hardware": st.get("hardware"),
+        "last_seen": d.last_seen,
+        "tags": sorted(all_tags(d)),
+        "accepted_seq": st.get("accepted_seq"),
+        "previous": st.get("previous"),
+        "agent": st.get("agent"),
+    }
