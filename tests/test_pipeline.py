@@ -270,3 +270,32 @@ def test_non_finite_variant_outputs_are_refused():
             labels=["a", "b"],
             context={},
         )
+
+
+def test_check_runs_every_variant_and_fails_a_bad_one(module_ws):
+    from sklearn.linear_model import LogisticRegression
+
+    from edgeops.convert.onnx import sklearn_to_onnx
+    from edgeops.pipeline.check import check_version
+
+    ws = module_ws
+    result = run_pipeline(
+        ws, _spec(name="har-check", export=["onnx-f32", "c-emlearn"], gates={"min_accuracy": 0.8})
+    )
+    good = check_version(ws, result.model_ref)
+    assert good.passed, [c for c in good.checks if not c.passed]
+    subjects = {c.subject for c in good.checks}
+    assert subjects == {"original", "onnx-f32", "c-emlearn"}
+    reproduced = [c for c in good.checks if c.name == "accuracy reproduced (abs diff)"]
+    assert all(c.value == 0.0 for c in reproduced)  # same bytes, same split: same accuracy
+
+    # a variant that is not the model it claims to be: trained on shuffled labels
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 33)).astype(np.float32)
+    wrong = LogisticRegression(max_iter=500).fit(X, rng.integers(0, 4, 200))
+    ws.registry.add_variant(result.model_ref, "onnx-int8", sklearn_to_onnx(wrong, 33), "onnx")
+    bad = check_version(ws, result.model_ref)
+    assert not bad.passed
+    failed = {(c.subject, c.name) for c in bad.checks if not c.passed}
+    assert ("onnx-int8", "agreement with the original") in failed
+    assert all(c.passed for c in bad.checks if c.subject != "onnx-int8")

@@ -38,6 +38,7 @@ app.command("controller")(rollout_cmds.controller_cmd)
 app.add_typer(models_cmds.app, name="models")
 app.command("train")(train_cmds.train)
 app.command("quantize")(train_cmds.quantize)
+app.command("check")(train_cmds.check)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 

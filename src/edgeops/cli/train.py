@@ -185,3 +185,58 @@ def quantize(
             f"Added variant [bold]{v.name}[/] to {ref}: {v.size} bytes, accuracy "
             f"{v.metrics['accuracy']:.4f}, agreement {v.metrics['agreement']:.4f}"
         )
+
+
+def check(
+    ctx: typer.Context,
+    ref: Annotated[
+        str, typer.Argument(help="NAME@VERSION (or @ALIAS) trained by `edgeops train`.")
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Run a version's tests for CI: every variant in its runtime on the held-out split,
+    against the pipeline's gates; exits 7 when a check fails.
+
+    Example: `edgeops check wrist@production`
+    """
+    from ..pipeline.check import check_version
+
+    ws = workspace(ctx)
+    _quiet_frameworks()
+    with RichReporter(quiet=json_out) as rep, native_stderr_silenced():
+        result = check_version(ws, ref, rep)
+    if json_out:
+        print_json(
+            {
+                "ref": result.ref,
+                "passed": result.passed,
+                "checks": [c.to_dict() for c in result.checks],
+            }
+        )
+    else:
+        console.print(
+            table(
+                f"Checks of {result.ref}",
+                ["subject", "check", "value", "limit", "result"],
+                [
+                    [
+                        c.subject,
+                        c.name,
+                        c.value,
+                        f"{c.op} {c.limit:g}",
+                        "pass" if c.passed else "FAIL",
+                    ]
+                    for c in result.checks
+                ],
+            )
+        )
+    failed = [c for c in result.checks if not c.passed]
+    if failed:
+        raise GateFailed(
+            f"{len(failed)} of {len(result.checks)} checks of {result.ref} failed: "
+            + "; ".join(
+                f"{c.subject} {c.name} {c.value:.4g} (limit {c.op} {c.limit:g})" for c in failed[:3]
+            )
+        )
+    if not json_out:
+        console.print(f"All {len(result.checks)} checks of {result.ref} passed")

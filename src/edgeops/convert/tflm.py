@@ -365,3 +365,16 @@ def _search(runs: Any, first: int, last: int) -> int:
         else:
             bad = mid
     return good
+
+
+def c_array_bytes(source: str) -> bytes:
+    """The model bytes back from a source written by :func:`tflite_to_c_array`, checked
+    against the SHA-256 in its header comment."""
+    m = re.search(r"sha256 ([0-9a-f]{64})", source)
+    body = source.split("] = {", 1)
+    if not m or len(body) != 2:
+        raise InvalidInput("not a C array written by edgeops (no sha256 comment or array)")
+    data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body[1].split("};", 1)[0]))
+    if hashlib.sha256(data).hexdigest() != m.group(1):
+        raise InvalidInput("the C array's bytes do not match the SHA-256 in its comment")
+    return data
