@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from . import artifacts as artifacts_cmds
 from . import data as data_cmds
 from . import demo as demo_cmd
 from . import features as features_cmds
@@ -36,6 +37,7 @@ app.add_typer(fleet_cmds.keys_app, name="keys")
 app.add_typer(rollout_cmds.app, name="rollout")
 app.command("controller")(rollout_cmds.controller_cmd)
 app.add_typer(models_cmds.app, name="models")
+app.add_typer(artifacts_cmds.app, name="artifacts")
 app.command("train")(train_cmds.train)
 app.command("quantize")(train_cmds.quantize)
 app.command("check")(train_cmds.check)

@@ -134,6 +134,15 @@ def start(
     hardware: Annotated[
         str, typer.Option(help="Comma-separated hardware the manifests allow; * for any.")
     ] = "*",
+    artifact_url: Annotated[
+        str | None,
+        typer.Option(
+            "--artifact-url",
+            metavar="BASE",
+            help="http://HOST:PORT of `edgeops artifacts serve`: manifests carry the "
+            "artifact's URL there, for devices that download by HTTP.",
+        ),
+    ] = None,
     detach: Annotated[
         bool,
         typer.Option("--detach", help="Only create it; a running `edgeops controller` drives it."),
@@ -157,7 +166,9 @@ def start(
         retries=retries,
         variant=variant,
         hardware=tuple(h.strip() for h in hardware.split(",") if h.strip()),
-        manifest=ManifestOptions(probation_s=parse_duration(probation, "--probation")),
+        manifest=ManifestOptions(
+            probation_s=parse_duration(probation, "--probation"), artifact_url_base=artifact_url
+        ),
     )
     ctl, client = controller(ctx)
     ctl.fleet.sync(client)

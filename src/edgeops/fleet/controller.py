@@ -135,6 +135,7 @@ class RolloutController:
                 "max_error_rate": opts.manifest.max_error_rate,
                 "latency_budget_ms": opts.manifest.latency_budget_ms,
                 "chunk_size": opts.manifest.chunk_size,
+                "artifact_url_base": opts.manifest.artifact_url_base,
             },
         }
 

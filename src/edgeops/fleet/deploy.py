@@ -8,6 +8,7 @@ firmware).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,15 @@ class ManifestOptions:
     max_error_rate: float = 0.05
     latency_budget_ms: float | None = None  # default: from the variant's measured latency
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    artifact_url_base: str | None = None  # http://host:port of `edgeops artifacts serve`
+
+    def __post_init__(self) -> None:
+        base = self.artifact_url_base
+        if base is not None and not re.fullmatch(r"https?://[^/?#\s@]+(/[^?#\s]*)?", base):
+            raise InvalidInput(
+                f"artifact URL {base!r} must be http://HOST:PORT (the address of "
+                "`edgeops artifacts serve`)"
+            )
 
 
 def device_families(state: dict[str, Any]) -> list[str]:
@@ -94,6 +104,9 @@ def build_manifest(
     if budget is None:  # generous: a Pi is slower than the build machine
         budget = max(50.0, 50.0 * float(variant.metrics.get("latency_ms_p95", 1.0)))
     vectors = meta.get("test_vectors", {"inputs": [], "outputs": []})
+    artifact = describe_chunks(data, opts.chunk_size)
+    if opts.artifact_url_base:
+        artifact["url"] = f"{opts.artifact_url_base.rstrip('/')}/artifacts/{artifact['sha256']}"
     return {
         "fleet": fleet,
         "device": device,
@@ -111,7 +124,7 @@ def build_manifest(
             "format": variant.format,
             "runtime": family,
         },
-        "artifact": describe_chunks(data, opts.chunk_size),
+        "artifact": artifact,
         "health": {
             "inputs": vectors["inputs"],
             "outputs": vectors["outputs"],
