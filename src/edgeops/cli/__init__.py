@@ -11,6 +11,7 @@ from .. import __version__
 from . import artifacts as artifacts_cmds
 from . import data as data_cmds
 from . import demo as demo_cmd
+from . import drift as drift_cmds
 from . import features as features_cmds
 from . import fleet as fleet_cmds
 from . import models as models_cmds
@@ -35,6 +36,7 @@ app.add_typer(runs_cmds.app, name="runs")
 app.add_typer(fleet_cmds.app, name="fleet")
 app.add_typer(fleet_cmds.keys_app, name="keys")
 app.add_typer(rollout_cmds.app, name="rollout")
+app.add_typer(drift_cmds.app, name="drift")
 app.command("controller")(rollout_cmds.controller_cmd)
 app.add_typer(models_cmds.app, name="models")
 app.add_typer(artifacts_cmds.app, name="artifacts")
