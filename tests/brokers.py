@@ -72,6 +72,8 @@ def _mosquitto_config(folder: Path, port: int, persistence: bool, extra: str) ->
     conf = folder / "mosquitto.conf"
     lines = [
         f"listener {port} 127.0.0.1",
+        # as root, Mosquitto drops to the mosquitto user and could not write persistence here
+        *(["user root"] if os.geteuid() == 0 and "user " not in extra else []),
         "allow_anonymous true",
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {folder}/",

@@ -1,8 +1,17 @@
 """The server's MQTT adapter (paho-mqtt): connect, publish, subscribe, read retained state.
 
-Speaks MQTT 3.1.1 so it works with any broker (Mosquitto, EMQX, HiveMQ, the
-embedded amqtt); incoming messages are queued for one consumer thread so paho's
-network thread never blocks.
+Speaks MQTT 3.1.1 by default so it works with any broker (Mosquitto, EMQX, HiveMQ,
+the embedded amqtt); ``protocol="5"`` speaks MQTT 5 (shared subscriptions, a
+session expiry, a receive maximum). Incoming messages are queued for one
+consumer thread so paho's network thread never blocks for long.
+
+With ``manual_ack=True`` a QoS 1 message is acknowledged only when the consumer
+calls :meth:`MqttClient.ack`, e.g. after it committed the message to the
+database; with a persistent session (``session_expiry > 0`` and a fixed
+``client_id``) the broker redelivers every unacknowledged message when the same
+client id connects again, so a consumer that crashes loses nothing. An ack is
+only sent on the connection the message arrived on: after a reconnect the broker
+redelivers it anyway, and a stale packet id could acknowledge a newer message.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import BrokerUnavailable, ConfigError
 
-__all__ = ["Message", "MqttClient", "parse_mqtt_url"]
+__all__ = ["PROTOCOLS", "Message", "MqttClient", "parse_mqtt_url"]
+
+PROTOCOLS = ("3.1.1", "5")
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,9 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    mid: int = 0  # packet id, for manual acks
+    qos: int = 0
+    conn: int = 0  # the connection (counted from 1) it arrived on
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
@@ -40,18 +54,45 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
 
 
 class MqttClient:
-    def __init__(self, url: str, client_id: str | None = None, max_queue: int = 100_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_id: str | None = None,
+        max_queue: int = 100_000,
+        *,
+        protocol: str = "3.1.1",
+        manual_ack: bool = False,
+        session_expiry: int = 0,
+        receive_maximum: int | None = None,
+    ) -> None:
         import paho.mqtt.client as mqtt
 
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown MQTT protocol {protocol!r}; use 3.1.1 or 5")
         self.url = url
         host, port, user, password, tls = parse_mqtt_url(url)
         self._host, self._port = host, port
+        self.protocol = protocol
+        self.manual_ack = manual_ack
+        v5 = protocol == "5"
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgeops-server-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else session_expiry <= 0,
+            manual_ack=manual_ack,
         )
+        self._connect_kw: dict = {}
+        if v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            if session_expiry > 0:
+                props.SessionExpiryInterval = int(session_expiry)
+            if receive_maximum:
+                props.ReceiveMaximum = int(receive_maximum)
+            self._connect_kw = {"clean_start": session_expiry <= 0, "properties": props}
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
         if user:
@@ -60,29 +101,83 @@ class MqttClient:
             self.client.tls_set()
         self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queue)
         self.dropped = 0
+        self.connections = 0  # connections made so far; Message.conn refers to these
+        self.session_present = False
         self._connected = threading.Event()
+        self._ack_lock = threading.Lock()
         self._subscriptions: list[tuple[str, int]] = []
+        self._suback = threading.Condition()
+        self._sub_sent: set[int] = set()
+        self._sub_acked: set[int] = set()
+        self._sub_refused: list[str] = []
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.on_disconnect = lambda *a: self._connected.clear()
+        self.client.on_disconnect = self._on_disconnect
 
     # --- connection ---------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             return
+        with self._ack_lock:
+            self.connections += 1
+        self.session_present = bool(getattr(flags, "session_present", False))
         for topic, qos in self._subscriptions:  # re-subscribe after a reconnect
-            client.subscribe(topic, qos)
+            self._send_subscribe(topic, qos)
         self._connected.set()
 
+    def _send_subscribe(self, topic: str, qos: int) -> None:
+        _, mid = self.client.subscribe(topic, qos)
+        if mid is not None:
+            with self._suback:
+                self._sub_sent.add(mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._suback:
+            self._sub_acked.add(mid)
+            for rc in reason_codes:
+                if rc.is_failure:
+                    self._sub_refused.append(str(rc))
+            self._suback.notify_all()
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Block until the broker acknowledged every subscription sent so far."""
+        with self._suback:
+            done = self._suback.wait_for(lambda: self._sub_sent <= self._sub_acked, timeout)
+            refused = list(self._sub_refused)
+        if refused:
+            raise BrokerUnavailable(
+                f"the MQTT broker at {self._host}:{self._port} refused a subscription "
+                f"({refused[0]}); check its ACLs, or use MQTT 3.1.1 if it lacks shared "
+                "subscriptions"
+            )
+        if not done:
+            raise BrokerUnavailable(
+                f"the MQTT broker at {self._host}:{self._port} did not acknowledge a "
+                f"subscription within {timeout:.0f}s"
+            )
+
+    def _on_disconnect(self, *args: object) -> None:
+        with self._ack_lock:  # no ack may go out between the old and the new connection
+            self._connected.clear()
+
     def _on_message(self, client, userdata, msg) -> None:
+        m = Message(
+            msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos, self.connections
+        )
         try:
-            self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            if self.manual_ack:
+                # Wait rather than drop: an unacknowledged message would only come back
+                # on the next connection. Blocking here holds back the socket (backpressure).
+                self.messages.put(m, timeout=10.0)
+            else:
+                self.messages.put_nowait(m)
         except queue.Full:
             self.dropped += 1
 
     def connect(self, timeout: float = 10.0) -> MqttClient:
         try:
-            self.client.connect(self._host, self._port, keepalive=30)
+            self.client.connect(self._host, self._port, keepalive=30, **self._connect_kw)
         except OSError as exc:
             raise BrokerUnavailable(
                 f"cannot reach the MQTT broker at {self._host}:{self._port}: {exc}; "
@@ -111,7 +206,18 @@ class MqttClient:
     def subscribe(self, topic: str, qos: int = 1) -> None:
         self._subscriptions.append((topic, qos))
         if self._connected.is_set():
-            self.client.subscribe(topic, qos)
+            self._send_subscribe(topic, qos)
+
+    def ack(self, msg: Message) -> bool:
+        """Acknowledge a message received with ``manual_ack``; False if it came on an earlier
+        connection (the broker redelivers those) or needs no ack."""
+        if not self.manual_ack or msg.qos == 0:
+            return False
+        with self._ack_lock:
+            if msg.conn != self.connections or not self._connected.is_set():
+                return False
+            self.client.ack(msg.mid, msg.qos)
+        return True
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1):
         return self.client.publish(topic, payload, qos=qos, retain=retain)

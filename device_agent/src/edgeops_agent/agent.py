@@ -7,9 +7,15 @@ needs no locks. Applications call the :class:`~edgeops_agent.serve.Predictor`
 from their own threads; its probation counters post a rollback request into the
 mailbox. A timer posts a ``tick`` every second (download stalls, end of
 probation, a rollback made by ``edgeops-agent rollback`` while the agent runs).
+An HTTP download (:mod:`edgeops_agent.httpdl`) runs on a thread of its own and
+posts each checked chunk into the same mailbox, so the worker stores it exactly as
+a chunk from MQTT; a full mailbox makes that thread wait, never drops the chunk.
 
 What the agent keeps is in :mod:`edgeops_agent.store`; how one manifest is
-deployed is :mod:`edgeops_agent.deploy`.
+deployed is :mod:`edgeops_agent.deploy`. Monitoring: :mod:`edgeops_agent.telemetry`
+counts predictions on the callers' threads and hands closed windows, samples and
+labels to the worker, which writes them to the :mod:`edgeops_agent.outbox` and
+publishes it in order (a ``monitor`` item, posted when there is something to do).
 """
 
 from __future__ import annotations
@@ -43,12 +49,15 @@ from .deploy import Deployment
 from .errors import DeployFailed, StoreError
 from .fsutil import FileLock
 from .health import LINUX_FORMATS, health_check
+from .httpdl import HttpFetch
+from .outbox import Outbox, OutboxSender
 from .probation import Probation
 from .report import event_fields, state_fields
 from .runtime import load_runner
 from .serve import LoadedModel, Predictor
 from .stats import RateLimitedLog, Stats
 from .store import StateStore, other_slot
+from .telemetry import Telemetry
 from .worker import Mailbox, Timer, WorkerPool
 
 __all__ = ["Agent"]
@@ -75,6 +84,14 @@ class Agent:
         self._rlog = RateLimitedLog(log)
         self.predictor = Predictor(extra_latency_ms=config.simulate.extra_latency_ms)
         self.predictor.add_listener(self._on_prediction)
+        self.telemetry = Telemetry.from_config(
+            config, clock=clock, counters=self._stats, notify=self._wake_monitor
+        )
+        self.telemetry.attach(self.predictor)
+        self.outbox: Outbox | None = None  # opened by start(), once the agent lock is held
+        self._sender: OutboxSender | None = None
+        self._monitor_queued = False
+        self._dropped_reported = -1
         self.facts = DeviceFacts(
             config.fleet,
             config.device,
@@ -101,6 +118,7 @@ class Agent:
         self._probation: Probation | None = None
         self._link: Any = None  # MqttLink, imported on start (paho is only needed then)
         self._http: Any = None
+        self._fetch: HttpFetch | None = None  # the HTTP download in flight
         self._timer: Timer | None = None
         self._tick_queued = False
         self._running = False
@@ -138,6 +156,12 @@ class Agent:
         from .mqtt import MqttLink
 
         self.boot = f"{self.store.new_boot()}-{secrets.token_hex(4)}"
+        self.outbox = Outbox(
+            self.config.state_dir / "outbox",
+            max_messages=self.config.outbox_max_messages,
+            max_bytes=self.config.outbox_max_bytes,
+        )
+        self.telemetry.start(self.boot)
         self._load_active(resume_probation=True)
         pending = self.store.deploying_manifest()
         stale = self.store.state.get("deploying")
@@ -151,6 +175,7 @@ class Agent:
             on_connect=lambda: self._box.post(("connected",), force=True),
             on_disconnect=lambda: self._box.post(("disconnected",), force=True),
         )
+        self._sender = OutboxSender(self.outbox, self._link.client, nudge=self._wake_monitor)
         self._running = True
         self._stopped.clear()
         if self._own_pool:
@@ -178,6 +203,7 @@ class Agent:
             self._timer.cancel()
         self._box.close()
         self._box.wait_idle(timeout)
+        self._close_monitoring(min(2.0, timeout))
         self._link.stop(final=(self.topics["state"], self._offline_state()))
         self._shutdown()
 
@@ -195,6 +221,8 @@ class Agent:
 
     def _shutdown(self) -> None:
         self._box.close()
+        if self._fetch is not None:
+            self._fetch.cancel()
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -229,6 +257,7 @@ class Agent:
             hardware=self.config.hardware,
             runtimes=self.facts.runtimes,
             tags=self.config.tags,
+            outbox_dropped=self.outbox.dropped if self.outbox is not None else 0,
         )
 
     def _offline_state(self) -> bytes:
@@ -238,9 +267,9 @@ class Agent:
 
     def _publish_state(self) -> None:
         if self.connected:
-            self._link.publish(
-                self.topics["state"], state_message(**self.state_fields()), retain=True
-            )
+            fields = self.state_fields()
+            self._link.publish(self.topics["state"], state_message(**fields), retain=True)
+            self._dropped_reported = fields["outbox_dropped"]
 
     def emit(
         self,
@@ -307,6 +336,12 @@ class Agent:
                 self._on_probation_failed(item[1], item[2])
             elif kind == "resume":
                 self._begin(item[1], resumed=True)
+            elif kind == "monitor":
+                self._monitor()
+            elif kind == "http_chunk":
+                self._on_http_chunk(item[1], item[2], item[3])
+            elif kind == "http_done":
+                self._on_http_done(item[1], item[2])
         except StoreError as exc:  # the disk failed under us: say so, keep serving
             self._stats.incr("store_errors")
             log.error("state directory error: %s", exc)
@@ -322,10 +357,14 @@ class Agent:
         self._publish_state()
         if self._deployment is not None and self._deployment.downloading:
             self._deployment.announce()
-            self.subscribe_chunks(self._deployment.sha256)
+            if self._deployment.source == "mqtt":
+                self.subscribe_chunks(self._deployment.sha256)
         for fields in self.store.take_pending_events():
             if not self._send_event(fields):
                 self.store.add_pending_event(fields)
+        if self._sender is not None:
+            self._sender.connected()
+        self._monitor()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.topics["desired"]:
@@ -403,6 +442,7 @@ class Agent:
             self,
             stall_s=self.config.download_stall_s,
             timeout_s=self.config.download_timeout_s,
+            transport=self.config.artifact_transport,
             wall_clock=self._clock,
         )
         self._deployment = dep
@@ -421,19 +461,40 @@ class Agent:
         except ProtocolError:
             self._count("unknown_topic", f"bad artifact topic {topic[:120]!r}")
             return
+        self._store_chunk(sha, index, payload)
+
+    def _store_chunk(self, sha: str, index: int, data: bytes) -> None:
         dep = self._deployment
         if dep is None or not dep.downloading or sha != dep.sha256:
             self._stats.incr("chunks_unexpected")
             return
         if self.config.simulate.download_delay_ms:
             time.sleep(self.config.simulate.download_delay_ms / 1000.0)
-        outcome = dep.add_chunk(index, payload)
+        outcome = dep.add_chunk(index, data)
         self._stats.incr(f"chunks_{outcome}")
         if outcome == "bad":
             self._rlog.warning(
                 "bad-chunk", "chunk %d of %s failed its SHA-256 check; dropped", index, sha[:12]
             )
         self._settle()
+
+    def _on_http_chunk(self, fetch: HttpFetch, index: int, data: bytes) -> None:
+        if fetch is not self._fetch:  # a fetch stopped since: its chunks are not wanted
+            self._stats.incr("chunks_unexpected")
+            return
+        self._stats.incr("http_chunks")
+        self._store_chunk(fetch.sha256, index, data)
+
+    def _on_http_done(self, fetch: HttpFetch, error: str | None) -> None:
+        if fetch is not self._fetch:
+            return
+        self._fetch = None
+        if error is not None:
+            self._stats.incr("http_downloads_failed")
+        dep = self._deployment
+        if dep is not None and dep.sha256 == fetch.sha256:
+            dep.http_finished(error)
+            self._settle()
 
     # --- ports for Deployment ----------------------------------------------------------
     def subscribe_chunks(self, sha256: str) -> None:
@@ -443,6 +504,34 @@ class Agent:
     def unsubscribe_chunks(self, sha256: str) -> None:
         if self.connected:
             self._link.unsubscribe(chunk_filter(self.config.fleet, sha256))
+
+    def fetch_http(self, artifact: dict[str, Any], url: str, missing: list[int]) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
+        box = self._box
+
+        def deliver(fetch: HttpFetch, index: int, data: bytes) -> bool:
+            return box.post(("http_chunk", fetch, index, data), size=len(data))
+
+        def finished(fetch: HttpFetch, error: str | None) -> None:
+            box.post(("http_done", fetch, error), force=True)
+
+        self._fetch = HttpFetch(
+            url,
+            artifact,
+            missing,
+            deliver=deliver,
+            finished=finished,
+            timeout_s=self.config.http_download_timeout_s,
+            retries=self.config.http_download_retries,
+        )
+        log.info("downloading %s by HTTP from %s", artifact["sha256"][:12], url)
+        self._fetch.start()
+
+    def stop_http(self, sha256: str) -> None:
+        if self._fetch is not None and self._fetch.sha256 == sha256:
+            self._fetch.cancel()
+            self._fetch = None
 
     def check_health(self, manifest: dict[str, Any], model_bytes: bytes) -> LoadedModel:
         runner, report = health_check(
@@ -548,6 +637,8 @@ class Agent:
                 for fields in self.store.take_pending_events():
                     self._send_event(fields)
             self._publish_state()
+        self.telemetry.tick()
+        self._monitor()
         self._arm_tick()
 
     def _arm_tick(self) -> None:
@@ -559,3 +650,39 @@ class Agent:
 
         if self._running:
             self._timer = self._pool.call_later(TICK_S, fire)
+
+    # --- monitoring: telemetry windows, samples, labels (docs/protocol.md) ---------------
+    def send_label(self, sample_id: str, label: str) -> None:
+        """Ground truth for one of this device's samples (a prediction result's
+        ``sample_id``), published on the ``labels`` topic through the outbox."""
+        self.telemetry.label(sample_id, label)
+
+    def _wake_monitor(self) -> None:
+        """Any thread: something waits for :meth:`_monitor` (posted once until it runs)."""
+        if not self._monitor_queued:
+            self._monitor_queued = True
+            if not self._box.post(("monitor",), force=True):
+                self._monitor_queued = False
+
+    def _monitor(self) -> None:
+        """Closed windows, samples and labels into the outbox; the outbox to the broker."""
+        self._monitor_queued = False
+        outbox = self.outbox
+        if outbox is None:
+            return
+        items, lost = self.telemetry.drain()
+        outbox.add_dropped(lost)
+        for topic, payload in items:
+            outbox.append(topic, payload)
+        if self._sender is not None:
+            self._sender.pump()
+        if outbox.dropped != self._dropped_reported:
+            self._publish_state()  # outbox_dropped changed: say so (when connected)
+
+    def _close_monitoring(self, timeout: float) -> None:
+        """On a clean stop (the worker is idle): the open window goes to the outbox, and
+        the outbox to the broker for up to ``timeout`` seconds; the rest waits on disk."""
+        self.telemetry.close()
+        self._monitor()
+        if self._sender is not None and self.connected:
+            self._sender.flush(timeout)

@@ -37,6 +37,7 @@ else:  # pragma: no cover - Python 3.9 and 3.10 on older Pis
 __all__ = ["AgentConfig", "SimulateConfig", "load_config", "parse_broker_url"]
 
 MQTT_PROTOCOLS = ("3.1.1", "5")
+ARTIFACT_TRANSPORTS = ("mqtt", "http", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -52,6 +53,24 @@ class SimulateConfig:
     def __post_init__(self) -> None:
         if self.extra_latency_ms < 0 or self.download_delay_ms < 0:
             raise ConfigError("simulate: extra_latency_ms and download_delay_ms must be >= 0")
+
+
+def _monitoring_checks(c: AgentConfig) -> list[tuple[bool, str]]:
+    return [
+        (
+            c.telemetry_window_s == 0 or 1 <= c.telemetry_window_s <= 86400,
+            "telemetry_window_s must be 0 (no time limit) or 1..86400 seconds",
+        ),
+        (0 <= c.telemetry_window_count <= 10**9, "telemetry_window_count must be 0..1000000000"),
+        (
+            not c.telemetry or bool(c.telemetry_window_s or c.telemetry_window_count),
+            "telemetry_window_s and telemetry_window_count cannot both be 0",
+        ),
+        (10 <= c.outbox_max_messages <= 10**7, "outbox_max_messages must be 10..10000000"),
+        (c.outbox_max_bytes >= 1024 * 1024, "outbox_max_bytes must be >= 1048576 (1 MiB)"),
+        (0 <= c.samples_per_hour <= 10**6, "samples_per_hour must be 0..1000000"),
+        (0 <= c.sample_bytes_per_hour <= 10 * 1024**3, "sample_bytes_per_hour must be 0..10 GiB"),
+    ]
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
@@ -97,9 +116,20 @@ class AgentConfig:
     inbox_size: int = 256  # messages waiting for the worker; more are dropped and counted
     download_stall_s: float = 10.0  # no new chunk for this long: subscribe again
     download_timeout_s: float = 300.0  # no new chunk for this long: the deployment fails
+    artifact_transport: str = "mqtt"  # mqtt chunks, http from artifact.url, or auto
+    http_download_timeout_s: float = 30.0  # connect and each read of an HTTP download
+    http_download_retries: int = 5  # failed HTTP attempts in a row before giving up
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     log_level: str = "info"
+    # monitoring (docs/protocol.md, "Telemetry" and "Samples and labels")
+    telemetry: bool = True  # statistics windows of the predictions
+    telemetry_window_s: float = 60.0  # a window closes this long after its first prediction
+    telemetry_window_count: int = 250  # ... or after this many predictions (0: no limit)
+    outbox_max_messages: int = 10_000  # messages kept while the broker is away; then the
+    outbox_max_bytes: int = 32 * 1024 * 1024  # oldest are dropped and counted
+    samples_per_hour: float = 0.0  # sampled predictions per hour (0: no limit of this kind)
+    sample_bytes_per_hour: float = 0.0  # bytes of samples per hour (both 0: no sampling)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
 
     def __post_init__(self) -> None:
@@ -126,6 +156,12 @@ class AgentConfig:
                 "download_stall_s must be > 0 and <= download_timeout_s",
             ),
             (
+                self.artifact_transport in ARTIFACT_TRANSPORTS,
+                f"artifact_transport must be one of {', '.join(ARTIFACT_TRANSPORTS)}",
+            ),
+            (self.http_download_timeout_s > 0, "http_download_timeout_s must be > 0"),
+            (0 <= self.http_download_retries <= 100, "http_download_retries must be 0..100"),
+            (
                 0 < self.reconnect_min_s <= self.reconnect_max_s,
                 "reconnect_min_s must be > 0 and <= reconnect_max_s",
             ),
@@ -136,6 +172,7 @@ class AgentConfig:
                 and len(self.tags) <= 32,
                 "tags must be at most 32 strings of 1-64 characters",
             ),
+            *_monitoring_checks(self),
         ]
         for ok, message in checks:
             if not ok:
@@ -192,7 +229,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tags": (list,), "public_keys": (list,), "hmac_keys": (dict,),
     "max_artifact_bytes": (int,), "max_message_bytes": (int,), "http_port": (int,),
     "inbox_size": (int,), "download_stall_s": (int, float), "download_timeout_s": (int, float),
+    "artifact_transport": (str,), "http_download_timeout_s": (int, float),
+    "http_download_retries": (int,),
     "reconnect_min_s": (int, float), "reconnect_max_s": (int, float), "log_level": (str,),
+    "telemetry": (bool,), "telemetry_window_s": (int, float), "telemetry_window_count": (int,),
+    "outbox_max_messages": (int,), "outbox_max_bytes": (int,),
+    "samples_per_hour": (int, float), "sample_bytes_per_hour": (int, float),
     "simulate": (dict,),
 }  # fmt: skip
 _SIMULATE_TYPES: dict[str, tuple[type, ...]] = {

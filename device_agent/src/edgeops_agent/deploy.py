@@ -4,8 +4,13 @@
 
     begin ─┬─ artifact already in a slot ──────────────────────────┐
            └─ downloading ── chunk… ── complete ── assemble+verify ─┴─ health ─ install ─ activate
-                  │ (no new chunk for download_timeout_s)
+                  │ (no new chunk for download_timeout_s, or the HTTP fetch gave up)
                   └─ failed
+
+Chunks come from one source at a time: retained MQTT chunk topics, or HTTP ranges
+from ``artifact.url`` (:mod:`edgeops_agent.httpdl`), as ``artifact_transport`` and
+the manifest decide. Both feed :meth:`Deployment.add_chunk`, so the chunk files are
+shared; with ``"auto"`` a failed HTTP fetch falls back to MQTT and keeps its chunks.
 
 Any failing step publishes ``failed`` with the step and the reason, and the model
 that was serving keeps serving. The class holds the plain logic; everything that
@@ -24,6 +29,7 @@ from typing import Any, Protocol
 
 from .download import STORED, Download
 from .errors import DeployFailed, StoreError
+from .httpdl import choose_transport
 from .serve import LoadedModel
 from .store import StateStore, other_slot
 
@@ -34,6 +40,8 @@ log = logging.getLogger("edgeops_agent.deploy")
 # phases
 NEW, DOWNLOADING, INSTALLING = "new", "downloading", "installing"
 DONE, FAILED, ABANDONED = "done", "failed", "abandoned"
+# where the chunks of a download come from
+MQTT, HTTP = "mqtt", "http"
 
 
 class DeployPorts(Protocol):
@@ -52,6 +60,12 @@ class DeployPorts(Protocol):
     def subscribe_chunks(self, sha256: str) -> None: ...
 
     def unsubscribe_chunks(self, sha256: str) -> None: ...
+
+    def fetch_http(self, artifact: dict[str, Any], url: str, missing: list[int]) -> None:
+        """Start fetching chunks ``missing`` from ``url``; chunks come back through
+        :meth:`Deployment.add_chunk`, the end through :meth:`Deployment.http_finished`."""
+
+    def stop_http(self, sha256: str) -> None: ...
 
     def check_health(self, manifest: dict[str, Any], model_bytes: bytes) -> LoadedModel: ...
 
@@ -87,6 +101,7 @@ class Deployment:
         *,
         stall_s: float = 10.0,
         timeout_s: float = 300.0,
+        transport: str = MQTT,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +112,8 @@ class Deployment:
         self.ports = ports
         self.stall_s = stall_s
         self.timeout_s = timeout_s
+        self.transport = transport  # the agent's artifact_transport: mqtt, http or auto
+        self.source: str | None = None  # where chunks come from while downloading
         self._clock = clock
         self._wall = wall_clock
         self.phase = NEW
@@ -131,6 +148,8 @@ class Deployment:
             folder = self.store.downloads_dir(self.sha256)
             self.download = Download(self.manifest["artifact"], folder)
             held = self.download.resume()
+            url = self.manifest["artifact"].get("url")
+            source = None if self.download.complete else choose_transport(self.transport, url)
             if held:
                 log.info(
                     "resuming download of %s: %d of %d chunks on disk",
@@ -141,17 +160,17 @@ class Deployment:
             self.phase = DOWNLOADING
             self._last_chunk_at = self._last_subscribe_at = self._clock()
             self._report_progress()
-            if self.download.complete:
+            if source is None:
                 self._finish_download()
             else:
-                self.ports.subscribe_chunks(self.sha256)
+                self._start_source(source)
         except DeployFailed as exc:
             self._fail(exc.step, exc.reason)
         except StoreError as exc:
             self._fail("install", str(exc))
 
     def add_chunk(self, index: int, data: bytes) -> str:
-        """A chunk from the broker: its outcome (``stored``, ``duplicate``, ``bad``, ...)."""
+        """A chunk from MQTT or HTTP: its outcome (``stored``, ``duplicate``, ``bad``, ...)."""
         if self.phase != DOWNLOADING or self.download is None:
             return "unexpected"
         try:
@@ -173,27 +192,66 @@ class Deployment:
         now = self._clock()
         if now - self._last_chunk_at >= self.timeout_s:
             missing = self.download.missing()
-            shown = ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
             bad = sorted(self.download.bad_indexes & set(missing))
-            reason = f"no new chunk for {self.timeout_s:g} s; missing chunks {shown}"
+            reason = f"no new chunk for {self.timeout_s:g} s; missing chunks {self._missing_text()}"
             if bad:
                 reason += f"; chunks {', '.join(map(str, bad[:8]))} failed their SHA-256 check"
             self._fail("download", reason)
-        elif now - max(self._last_chunk_at, self._last_subscribe_at) >= self.stall_s:
+        elif (
+            self.source == MQTT
+            and now - max(self._last_chunk_at, self._last_subscribe_at) >= self.stall_s
+        ):
             # subscribing again makes the broker send the retained chunks again
             self._last_subscribe_at = now
             self.ports.subscribe_chunks(self.sha256)
+
+    def http_finished(self, error: str | None) -> None:
+        """The HTTP fetch ended (``error`` None: every chunk was delivered). Chunks still
+        missing fail the download, or with ``auto`` move it to MQTT chunks."""
+        if self.phase != DOWNLOADING or self.source != HTTP or self.download is None:
+            return
+        if self.download.complete:
+            return
+        if error is None:
+            error = f"the server sent every range but chunks {self._missing_text()} are missing"
+        if self.transport == "auto":
+            log.warning("HTTP download of %s: %s; falling back to MQTT", self.sha256[:12], error)
+            self._last_chunk_at = self._clock()  # the MQTT download gets its full timeout
+            self._start_source(MQTT)
+        else:
+            self._fail("download", f"HTTP download failed: {error}")
 
     def abandon(self, reason: str) -> None:
         """Stop here because a newer manifest arrived; the serving model is untouched."""
         if self.finished:
             return
         if self.phase == DOWNLOADING:
-            self.ports.unsubscribe_chunks(self.sha256)
+            self._stop_source()
         self.phase = ABANDONED
         self.ports.emit("failed", self.manifest, reason=reason, step="superseded")
 
     # --- internals -------------------------------------------------------------------
+    def _start_source(self, source: str) -> None:
+        assert self.download is not None
+        self.source = source
+        self._last_subscribe_at = self._clock()
+        if source == HTTP:
+            url = self.manifest["artifact"]["url"]
+            self.ports.fetch_http(self.manifest["artifact"], url, self.download.missing())
+        else:
+            self.ports.subscribe_chunks(self.sha256)
+
+    def _stop_source(self) -> None:
+        if self.source == HTTP:
+            self.ports.stop_http(self.sha256)
+        else:
+            self.ports.unsubscribe_chunks(self.sha256)
+
+    def _missing_text(self) -> str:
+        assert self.download is not None
+        missing = self.download.missing()
+        return ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
+
     def announce(self) -> None:
         """Publish the download's progress now (after a reconnect: the server may have
         missed the events of a download that resumed while offline)."""
@@ -209,7 +267,7 @@ class Deployment:
 
     def _finish_download(self) -> None:
         assert self.download is not None
-        self.ports.unsubscribe_chunks(self.sha256)
+        self._stop_source()
         self.phase = INSTALLING
         slot = other_slot(self.store.active)
         staged = self.store.staged_path(slot)
@@ -246,7 +304,7 @@ class Deployment:
 
     def _fail(self, step: str, reason: str) -> None:
         if self.phase == DOWNLOADING:
-            self.ports.unsubscribe_chunks(self.sha256)
+            self._stop_source()
         self.phase = FAILED
         log.warning("deployment seq %d failed at %s: %s", self.seq, step, reason)
         try:

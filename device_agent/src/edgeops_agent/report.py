@@ -44,8 +44,10 @@ def state_fields(
     hardware: str,
     runtimes: Sequence[str],
     tags: Sequence[str],
+    outbox_dropped: int = 0,
 ) -> dict[str, Any]:
-    """The online state message of a device whose ``state.json`` is ``state``."""
+    """The online state message of a device whose ``state.json`` is ``state``;
+    ``outbox_dropped`` counts the monitoring messages its full outbox ever dropped."""
     active = state["active"]
     slots = state["slots"]
     return {
@@ -61,6 +63,7 @@ def state_fields(
         "model": _ref(slots.get(active) if active else None, True),
         "previous": _ref(slots.get(other_slot(active)) if active else None, False),
         "tags": list(tags),
+        "outbox_dropped": outbox_dropped,
     }
 
 

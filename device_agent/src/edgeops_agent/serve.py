@@ -8,8 +8,13 @@ feature matrix. Both return ``[{"label": ..., "scores": [...]}, ...]``.
 The active model is swapped atomically by the agent (:meth:`Predictor.load`);
 calls in flight finish on the model they started with. Each loaded model has
 its own lock because runtimes (a TFLite interpreter) are not thread-safe.
-Listeners (the probation counters, later telemetry) get
-``(features_row, outputs_row, latency_ms, error)`` for every row predicted.
+Listeners (the probation counters) get ``(features_row, outputs_row, latency_ms,
+error)`` for every row predicted. Batch listeners (telemetry) get each call once:
+``(model, rows, features, outputs, latency_ms)`` with the raw ``rows`` of
+``predict_rows`` (None for ``predict_features``), the ``(n, k)`` features, the
+``(n, m)`` outputs (None when the model raised) and the latency per row; one may
+return ``{row index: sample id}`` for rows it sampled, and those results carry a
+``"sample_id"`` that :meth:`Predictor.send_label` takes later.
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ from edgeops_protocol.features import FeatureSpecError, FittedFeatures
 from .errors import DeployFailed, NoModel, PredictionError
 from .runtime import Runner
 
-__all__ = ["Listener", "LoadedModel", "Predictor"]
+__all__ = ["BatchListener", "Listener", "LoadedModel", "Predictor"]
 
 Listener = Callable[[np.ndarray, "np.ndarray | None", float, bool], None]
+BatchListener = Callable[
+    ["LoadedModel", "Sequence[Mapping[str, Any]] | None", np.ndarray, "np.ndarray | None", float],
+    "Mapping[int, str] | None",
+]
 MAX_ROWS = 10_000  # one request; bounds the memory a single call can take
 
 
@@ -88,6 +97,8 @@ class Predictor:
         self._model: LoadedModel | None = None
         self._extra_s = extra_latency_ms / 1000.0
         self._listeners: list[Listener] = [on_prediction] if on_prediction else []
+        self._batch_listeners: list[BatchListener] = []
+        self.label_sink: Callable[[str, str], None] | None = None  # set by the agent
 
     @property
     def model(self) -> LoadedModel | None:
@@ -99,6 +110,15 @@ class Predictor:
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_batch_listener(self, listener: BatchListener) -> None:
+        self._batch_listeners.append(listener)
+
+    def send_label(self, sample_id: str, label: str) -> None:
+        """Ground truth for a sampled prediction (its result's ``sample_id``), sent by the agent."""
+        if self.label_sink is None:
+            raise PredictionError("labels are sent by a running agent; this predictor has none")
+        self.label_sink(sample_id, label)
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Predictions for raw samples, through the model's feature transforms."""
@@ -126,7 +146,7 @@ class Predictor:
             raise PredictionError(f"missing column {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
             raise PredictionError(f"rows are not numeric where they must be: {exc}") from exc
-        return self._predict(model, matrix)
+        return self._predict(model, matrix, rows)
 
     def predict_features(self, matrix: Any) -> list[dict[str, Any]]:
         """Predictions for a ``(n, features)`` matrix (or one row)."""
@@ -147,7 +167,12 @@ class Predictor:
             raise NoModel("no model is active on this device yet")
         return model
 
-    def _predict(self, model: LoadedModel, x: np.ndarray) -> list[dict[str, Any]]:
+    def _predict(
+        self,
+        model: LoadedModel,
+        x: np.ndarray,
+        rows: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
         start = time.perf_counter()
         error: Exception | None = None
         out: np.ndarray | None = None
@@ -165,10 +190,14 @@ class Predictor:
         latency_ms = (time.perf_counter() - start) * 1000.0 / len(x)
         if error is not None or out is None:
             self._notify(x, None, latency_ms, [True] * len(x))
+            self._notify_batch(model, rows, x, None, latency_ms)
             raise PredictionError(f"the model failed: {error}") from error
         flat = out.reshape(len(out), -1)
         finite = np.isfinite(flat).all(axis=1)
         self._notify(x, flat, latency_ms, [not bool(f) for f in finite])
+        sampled = (
+            self._notify_batch(model, rows, x, flat, latency_ms) if self._batch_listeners else None
+        )
         label_idx = labels_of(np.where(np.isfinite(out), out, 0.0))
         results = []
         for i in range(len(flat)):
@@ -178,6 +207,8 @@ class Predictor:
                 label = model.labels[k] if 0 <= k < len(model.labels) else k
             scores = [v if math.isfinite(v) else None for v in flat[i].tolist()]
             results.append({"label": label, "scores": scores})
+        for i, sample_id in (sampled or {}).items():
+            results[i]["sample_id"] = sample_id
         return results
 
     def _notify(
@@ -189,3 +220,21 @@ class Predictor:
                     listener(x[i], None if out is None else out[i], latency_ms, err)
                 except Exception:  # a listener must never break a prediction
                     continue
+
+    def _notify_batch(
+        self,
+        model: LoadedModel,
+        rows: Sequence[Mapping[str, Any]] | None,
+        x: np.ndarray,
+        out: np.ndarray | None,
+        latency_ms: float,
+    ) -> dict[int, str]:
+        sampled: dict[int, str] = {}
+        for listener in list(self._batch_listeners):
+            try:
+                ids = listener(model, rows, x, out, latency_ms)
+            except Exception:  # a listener must never break a prediction
+                continue
+            if ids:
+                sampled.update(ids)
+        return sampled

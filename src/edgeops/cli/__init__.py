@@ -15,6 +15,7 @@ from . import drift as drift_cmds
 from . import features as features_cmds
 from . import fleet as fleet_cmds
 from . import models as models_cmds
+from . import monitor as monitor_cmds
 from . import rollout as rollout_cmds
 from . import runs as runs_cmds
 from . import serve as serve_cmd
@@ -38,6 +39,8 @@ app.add_typer(fleet_cmds.keys_app, name="keys")
 app.add_typer(rollout_cmds.app, name="rollout")
 app.add_typer(drift_cmds.app, name="drift")
 app.command("controller")(rollout_cmds.controller_cmd)
+app.command("collector")(monitor_cmds.collector_cmd)
+app.add_typer(monitor_cmds.labels_app, name="labels")
 app.add_typer(models_cmds.app, name="models")
 app.add_typer(artifacts_cmds.app, name="artifacts")
 app.command("train")(train_cmds.train)

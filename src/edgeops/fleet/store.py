@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from edgeops_protocol.messages import parse_state
@@ -16,7 +16,7 @@ from ..store import Database
 from ..store.schema import Desired, Device, DeviceEvent, FleetSeq
 from .selector import Selector
 
-__all__ = ["FleetStore", "all_tags", "device_summary"]
+__all__ = ["FleetStore", "all_tags", "device_summary", "record_event"]
 
 
 def _now() -> datetime:
@@ -45,25 +45,9 @@ class FleetStore:
 
         self.db.write(write)
 
-    def apply_event(self, event: dict[str, Any]) -> None:
-        def write(s: Session) -> None:
-            s.add(
-                DeviceEvent(
-                    fleet=self.fleet,
-                    device_id=event["device"],
-                    seq=event["seq"],
-                    rollout_id=event.get("rollout"),
-                    event=event["event"],
-                    reason=event.get("reason", ""),
-                    progress=event.get("progress"),
-                    device_ts=event["ts"],
-                )
-            )
-            dev = self._find(s, event["device"])
-            if dev is not None:
-                dev.last_seen = _now()
-
-        self.db.write(write)
+    def apply_event(self, event: dict[str, Any]) -> bool:
+        """Record a parsed event once; False if it was already recorded (see record_event)."""
+        return self.db.write(lambda s: record_event(s, self.fleet, event))
 
     def sync(self, client: Any, quiet: float = 0.3) -> int:
         """Read every retained device state from the broker into the registry; the count."""
@@ -208,3 +192,40 @@ def device_summary(d: Device) -> dict[str, Any]:
         "previous": st.get("previous"),
         "agent": st.get("agent"),
     }
+
+
+def record_event(s: Session, fleet: str, event: dict[str, Any]) -> bool:
+    """Add a device event in the caller's transaction unless the same one (device, seq,
+    kind, device time) is stored: both the collector and the rollout controller record
+    the events they receive, and QoS 1 may deliver one twice. True if it was new."""
+    if s.get_bind().dialect.name == "postgresql":  # SQLite: BEGIN IMMEDIATE serializes
+        key = f"edgeops-event/{fleet}/{event['device']}"
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+    same = select(DeviceEvent.id).where(
+        DeviceEvent.fleet == fleet,
+        DeviceEvent.device_id == event["device"],
+        DeviceEvent.seq == event["seq"],
+        DeviceEvent.event == event["event"],
+        DeviceEvent.device_ts == event["ts"],
+    )
+    if s.execute(same.limit(1)).first() is not None:
+        return False
+    s.add(
+        DeviceEvent(
+            fleet=fleet,
+            device_id=event["device"],
+            seq=event["seq"],
+            rollout_id=event.get("rollout"),
+            event=event["event"],
+            reason=event.get("reason", ""),
+            progress=event.get("progress"),
+            device_ts=event["ts"],
+        )
+    )
+    dev = s.execute(
+        select(Device).where(Device.fleet == fleet, Device.device_id == event["device"])
+    ).scalar_one_or_none()
+    if dev is not None:
+        dev.last_seen = _now()
+    s.flush()  # a second copy in the same transaction must see this one
+    return True

@@ -1,0 +1,520 @@
+"""Telemetry: statistics windows, samples and labels of this device's predictions.
+
+:class:`Telemetry` is a batch listener of the :class:`~edgeops_agent.serve.Predictor`.
+For every prediction it calls :meth:`WindowStats.update
+<edgeops_protocol.stats.WindowStats.update>` of the open window, built from the
+active model's ``serving.baseline`` (docs/protocol.md, "Telemetry"). A window
+belongs to one model: the first prediction of another model closes it. It also
+closes after ``window_count`` predictions, or on the first tick ``window_s``
+seconds after its first prediction; a window without predictions is never opened,
+so never sent. Within the sampling budget (:mod:`edgeops_agent.sampling`) it turns
+predictions into ``sample`` messages, whose ``sample_id`` the prediction result
+carries so an application can send a ``label`` for it later.
+
+Threads: predictions come from any thread (the application's, the HTTP
+endpoint's). One lock guards the open window, the sampler and the hand-off queue;
+a prediction holds it for its ``update`` calls only. Closed windows (their counts
+turned into JSON), samples and labels go to a bounded queue that the agent's
+worker empties (:meth:`Telemetry.drain`) into the on-disk
+:class:`~edgeops_agent.outbox.Outbox`: nothing on the prediction path touches the
+disk or the network. ``notify`` is called when the queue stops being empty (the
+agent posts a wake-up into its mailbox); a full queue drops its oldest item and
+counts it in :attr:`Telemetry.lost`, which the agent adds to ``outbox_dropped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeops_protocol.baseline import CONFIDENCE_EDGES
+from edgeops_protocol.histogram import validate_edges
+from edgeops_protocol.messages import (
+    MAX_INPUT_COLUMNS,
+    MAX_VALUES,
+    label_message,
+    parse_label,
+    parse_sample,
+    parse_telemetry,
+    sample_message,
+    telemetry_message,
+)
+from edgeops_protocol.stats import WindowStats
+from edgeops_protocol.topics import ProtocolError, device_topic
+
+from .errors import PredictionError
+from .sampling import Sampler, SamplingBudget, budget_from
+from .stats import RateLimitedLog, Stats
+
+if TYPE_CHECKING:
+    from .config import AgentConfig
+    from .serve import LoadedModel, Predictor
+
+__all__ = ["Telemetry", "model_ref", "window_baseline"]
+
+log = logging.getLogger("edgeops_agent.telemetry")
+MAX_PENDING = 256  # closed windows, samples and labels waiting for the worker
+MAX_SAMPLE_BYTES = 256 * 1024  # the collector's limit (parse_sample)
+
+
+def model_ref(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` of telemetry and sample messages: name, version, variant, sha256."""
+    m = manifest["model"]
+    return {
+        "name": m["name"],
+        "version": m["version"],
+        "variant": m["variant"],
+        "sha256": manifest["artifact"]["sha256"],
+    }
+
+
+def window_baseline(
+    manifest: Mapping[str, Any], n_features: int, n_outputs: int
+) -> tuple[dict[str, Any], str | None]:
+    """The baseline a :class:`WindowStats` is built from, and what was wrong with the
+    manifest's, if anything.
+
+    Features come from ``serving.baseline.features`` when they are usable and one per
+    model input feature (else there are none: the window still counts classes,
+    confidence, latency and errors). Labels are ``serving.labels`` (one count per
+    label, as the protocol says), else the baseline's, else ``"0"``, ``"1"``, ...
+
+    >>> base, problem = window_baseline({"serving": {"labels": ["a", "b"]}}, 3, 2)
+    >>> base["features"], base["outputs"]["labels"], problem
+    ([], ['a', 'b'], None)
+    """
+    serving = manifest.get("serving") or {}
+    baseline = serving.get("baseline") or {}
+    outputs = baseline.get("outputs") if isinstance(baseline, Mapping) else None
+    outputs = outputs if isinstance(outputs, Mapping) else {}
+    problem = None
+    features: list[dict[str, Any]] = []
+    listed = (baseline.get("features") if isinstance(baseline, Mapping) else None) or []
+    try:
+        for f in listed:
+            features.append({"name": str(f["name"]), "edges": validate_edges(f["edges"]).tolist()})
+    except (TypeError, KeyError, ValueError) as exc:
+        features, problem = [], f"serving.baseline.features cannot be used: {exc}"
+    if features and len(features) != n_features:
+        problem = f"serving.baseline has {len(features)} features, the model takes {n_features}"
+        features = []
+    labels = serving.get("labels") or outputs.get("labels") or []
+    if not isinstance(labels, list) or not labels:
+        labels = [str(i) for i in range(max(2, n_outputs))]
+    try:
+        conf = validate_edges(outputs.get("confidence_edges", CONFIDENCE_EDGES)).tolist()
+    except (TypeError, ValueError):
+        conf, problem = list(CONFIDENCE_EDGES), "serving.baseline confidence_edges are unusable"
+    return {
+        "features": features,
+        "outputs": {"labels": [str(x) for x in labels], "confidence_edges": conf},
+    }, problem
+
+
+@dataclass
+class _Window:
+    stats: WindowStats
+    start: float
+
+
+@dataclass
+class _Closed:
+    """A window closed on a prediction thread; turned into JSON on the worker."""
+
+    window: _Window
+    ref: dict[str, Any]
+    seq: int
+    end: float
+
+
+class _Unfit(ValueError):
+    """A raw input value that has no JSON form in a sample."""
+
+
+class Telemetry:
+    """Statistics windows and samples of one agent's predictions (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        fleet: str,
+        device: str,
+        stats_enabled: bool = True,
+        window_s: float = 60.0,
+        window_count: int = 0,
+        samples_per_hour: float = 0.0,
+        sample_bytes_per_hour: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        counters: Stats | None = None,
+        notify: Callable[[], object] | None = None,
+    ) -> None:
+        self.fleet, self.device = fleet, device
+        self.stats_enabled = stats_enabled
+        self.window_s = window_s
+        self.window_count = window_count
+        self.config_budget = SamplingBudget(samples_per_hour, sample_bytes_per_hour)
+        self._clock = clock
+        self.counters = counters if counters is not None else Stats()
+        self._notify = notify
+        self._rlog = RateLimitedLog(log)
+        self.topics = {
+            kind: device_topic(fleet, device, kind) for kind in ("telemetry", "samples", "labels")
+        }
+        self._lock = threading.Lock()
+        self._predictor: Predictor | None = None
+        self.boot = ""
+        self._seq = 0
+        self._sample_seq = 0
+        self._rng = random.Random(0)
+        self._model: LoadedModel | None = None
+        self._ref: dict[str, Any] = {}
+        self._baseline: dict[str, Any] | None = None
+        self._width: int | None = None  # values per row the model takes
+        self._window: _Window | None = None
+        self._sampler: Sampler | None = None
+        self._pending: deque[_Closed | tuple[str, bytes]] = deque()
+        self.lost = 0  # items the full hand-off queue dropped, not yet taken by drain()
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, **kw: Any) -> Telemetry:
+        return cls(
+            fleet=config.fleet,
+            device=config.device,
+            stats_enabled=config.telemetry,
+            window_s=config.telemetry_window_s,
+            window_count=config.telemetry_window_count,
+            samples_per_hour=config.samples_per_hour,
+            sample_bytes_per_hour=config.sample_bytes_per_hour,
+            **kw,
+        )
+
+    def attach(self, predictor: Predictor) -> None:
+        """Listen to every prediction of ``predictor`` and take its labels."""
+        self._predictor = predictor
+        predictor.add_batch_listener(self.on_predictions)
+        predictor.label_sink = self.label
+
+    def start(self, boot: str) -> None:
+        """A new boot: sequence numbers start at 1 again, the sampler's draws are reseeded."""
+        with self._lock:
+            self.boot = boot
+            self._seq = self._sample_seq = 0
+            self._rng = random.Random(f"{self.device}/{boot}")
+            self._model, self._window, self._sampler = None, None, None
+
+    # --- prediction threads --------------------------------------------------------------
+    def on_predictions(
+        self,
+        model: LoadedModel,
+        rows: Sequence[Mapping[str, Any]] | None,
+        x: np.ndarray,
+        out: np.ndarray | None,
+        latency_ms: float,
+    ) -> dict[int, str] | None:
+        """Count one call's rows; returns ``{row: sample_id}`` for the rows sampled."""
+        if not self.boot:
+            return None
+        sampler = self._sampler
+        if (
+            model is self._model
+            and not self.stats_enabled
+            and (sampler is None or not sampler.enabled)
+        ):
+            return None  # statistics off, no sampling
+        if x.ndim != 2:  # e.g. (n, 64, 3) windows: the baseline has one feature per value
+            x = x.reshape(len(x), -1)
+        if len(x) == 1 and model is self._model and (sampler is None or not sampler.enabled):
+            # the common case, kept short: one row, no sampling
+            with self._lock:
+                w = self._window
+                if (
+                    w is not None
+                    and model is self._model
+                    and x.shape[1] == self._width
+                    and (not self.window_count or w.stats.count + 1 < self.window_count)
+                ):
+                    if out is None:
+                        w.stats.update(x[0], None, latency_ms, True)
+                    else:
+                        w.stats.update(x[0], out[0], latency_ms)
+                    return None
+        n = len(x)
+        notify = False
+        sampled: dict[int, str] | None = None
+        with self._lock:
+            if model is not self._model and not self._switch(model):
+                self.counters.incr("telemetry_stale_predictions", n)
+                return None
+            if self._width is None:
+                self._width = x.shape[1]
+            elif x.shape[1] != self._width:  # the model raised on it: not one of its inputs
+                self.counters.incr("telemetry_misshapen_rows", n)
+                return None
+            pending_before = len(self._pending)
+            if self.stats_enabled:
+                self._count(model, x, out, latency_ms)
+            sampler = self._sampler
+            if out is not None and sampler is not None and sampler.enabled:
+                for i in range(n):
+                    if sampler.want():
+                        sample_id = self._sample(sampler, model, rows, x, out, i)
+                        if sample_id is not None:
+                            sampled = sampled or {}
+                            sampled[i] = sample_id
+            notify = pending_before == 0 and len(self._pending) > 0
+        if notify and self._notify is not None:
+            self._notify()
+        return sampled
+
+    def _count(
+        self, model: LoadedModel, x: np.ndarray, out: np.ndarray | None, latency_ms: float
+    ) -> None:
+        n, i = len(x), 0
+        limit = self.window_count
+        while i < n:
+            w = self._window
+            if w is None:
+                w = self._open(model, x, out)
+            j = n if not limit else min(n, i + limit - w.stats.count)
+            update = w.stats.update
+            if out is None:
+                for k in range(i, j):
+                    update(x[k], None, latency_ms, True)
+            else:
+                for k in range(i, j):
+                    update(x[k], out[k], latency_ms)
+            i = j
+            if limit and w.stats.count >= limit:
+                self._close()
+
+    def _switch(self, model: LoadedModel) -> bool:
+        """Another model predicts: close the window of the old one. False for a call that
+        began on a model no longer active (its rows belong to no open window)."""
+        predictor = self._predictor
+        if self._model is not None and predictor is not None and predictor.model is not model:
+            return False
+        self._close()
+        self._model, self._ref, self._baseline = model, model_ref(model.manifest), None
+        self._width = _input_width(model)
+        budget = self.config_budget
+        try:
+            budget = budget_from(
+                budget.per_hour,
+                budget.bytes_per_hour,
+                (model.manifest.get("serving") or {}).get("sampling"),
+            )
+        except ValueError as exc:
+            self.counters.incr("sampling_config_bad")
+            self._rlog.warning("sampling", "%s; using the agent's sampling budget", exc)
+        if self._sampler is None or self._sampler.budget != budget:
+            self._sampler = Sampler(budget, rng=self._rng, clock=self._clock)
+        return True
+
+    def _open(self, model: LoadedModel, x: np.ndarray, out: np.ndarray | None) -> _Window:
+        if self._baseline is None:
+            n_out = out.shape[1] if out is not None and out.ndim == 2 else _n_outputs(model)
+            self._baseline, problem = window_baseline(model.manifest, self._width or 0, n_out)
+            if problem:
+                self.counters.incr("telemetry_baseline_unusable")
+                self._rlog.warning(
+                    "baseline", "%s: %s; windows count no features", model.name, problem
+                )
+        self._window = _Window(WindowStats(self._baseline), self._clock())
+        return self._window
+
+    def _close(self) -> None:
+        """Close the open window (if it counted anything) and queue it. Lock held."""
+        w, self._window = self._window, None
+        if w is None or w.stats.count == 0:
+            return
+        self._seq += 1
+        self._push(_Closed(w, self._ref, self._seq, max(self._clock(), w.start)))
+
+    def _push(self, item: _Closed | tuple[str, bytes]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.popleft()
+            self.lost += 1
+        self._pending.append(item)
+
+    def _sample(
+        self,
+        sampler: Sampler,
+        model: LoadedModel,
+        rows: Sequence[Mapping[str, Any]] | None,
+        x: np.ndarray,
+        out: np.ndarray,
+        i: int,
+    ) -> str | None:
+        scores = out[i]
+        if not (np.isfinite(scores).all() and np.isfinite(x[i]).all()):
+            self.counters.incr("samples_non_finite_skipped")  # no label, useless to retrain
+            return None
+        seq = self._sample_seq + 1
+        sample_id = f"{self.device}/{self.boot}/{seq}"
+        raw = None
+        if rows is not None:
+            try:
+                raw = _json_input(rows[i])
+            except _Unfit:
+                self.counters.incr("samples_input_unsendable")
+        k = int(scores.argmax()) if scores.size > 1 else int(scores[0] >= 0.5)
+        predicted = str(model.labels[k]) if 0 <= k < len(model.labels) else str(k)
+        try:
+            payload = sample_message(
+                fleet=self.fleet,
+                device=self.device,
+                boot=self.boot,
+                seq=seq,
+                ts=self._clock(),
+                sample_id=sample_id,
+                model=self._ref,
+                input=raw,
+                features=_floats(x[i]),
+                outputs=_floats(scores),
+                predicted=predicted,
+            )
+            parse_sample(payload, MAX_SAMPLE_BYTES)  # never send what the collector refuses
+        except (ProtocolError, ValueError) as exc:
+            self.counters.incr("samples_unsendable")
+            self._rlog.warning("sample", "a sample cannot be sent: %s", exc)
+            return None
+        sampler.spend(len(payload))
+        self._sample_seq = seq
+        self._push((self.topics["samples"], payload))
+        self.counters.incr("samples_taken")
+        return sample_id
+
+    # --- any thread ------------------------------------------------------------------------
+    def label(self, sample_id: str, label: str) -> None:
+        """Queue a ``label`` message for one of this device's samples."""
+        try:
+            payload = label_message(
+                fleet=self.fleet, device=self.device, sample_id=sample_id, label=label,
+                ts=self._clock(),
+            )  # fmt: skip
+            parse_label(payload)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            raise PredictionError(f"cannot send this label: {exc}") from exc
+        with self._lock:
+            notify = not self._pending
+            self._push((self.topics["labels"], payload))
+        if notify and self._notify is not None:
+            self._notify()
+
+    # --- the agent's worker ----------------------------------------------------------------
+    def tick(self) -> None:
+        """Close a window that is old enough or whose model is no longer active; measure the
+        prediction rate for the sampler. The agent calls this every second."""
+        with self._lock:
+            w = self._window
+            predictor = self._predictor
+            if w is not None and (
+                (self.window_s and self._clock() - w.start >= self.window_s)
+                or (predictor is not None and predictor.model is not self._model)
+            ):
+                self._close()
+            if self._sampler is not None:
+                self._sampler.observe()
+
+    def close(self) -> None:
+        """Close the open window now (the agent stops)."""
+        with self._lock:
+            self._close()
+
+    def drain(self) -> tuple[list[tuple[str, bytes]], int]:
+        """The messages waiting, as ``(topic, payload)`` in order, and how many were lost."""
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            lost, self.lost = self.lost, 0
+        out = []
+        for item in items:
+            if isinstance(item, tuple):
+                out.append(item)
+                continue
+            try:
+                payload = self._window_message(item)
+            except (ProtocolError, ValueError) as exc:
+                lost += 1
+                self._rlog.warning("window", "a telemetry window cannot be sent: %s", exc)
+                continue
+            out.append((self.topics["telemetry"], payload))
+            self.counters.incr("telemetry_windows")
+        return out, lost
+
+    def _window_message(self, closed: _Closed) -> bytes:
+        payload = telemetry_message(
+            fleet=self.fleet,
+            device=self.device,
+            boot=self.boot,
+            seq=closed.seq,
+            start=closed.window.start,
+            end=closed.end,
+            model=closed.ref,
+            stats=closed.window.stats.window(),
+        )
+        parse_telemetry(payload)  # never send what the collector refuses
+        return payload
+
+
+def _input_width(model: LoadedModel) -> int | None:
+    """Values per row of the model's input (None when a dimension is dynamic)."""
+    try:
+        dims = model.runner.inputs[0].shape[1:]
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return int(np.prod(dims)) if dims and all(d > 0 for d in dims) else None
+
+
+def _n_outputs(model: LoadedModel) -> int:
+    """Scores per row, from the runner's ``(batch, k)`` outputs (used before any succeeded)."""
+    widths = [t.shape[1] for t in getattr(model.runner, "outputs", []) if len(t.shape) == 2]
+    return max([w for w in widths if w > 0], default=2)
+
+
+def _floats(row: np.ndarray) -> list[float]:
+    """JSON numbers that read back as the same float32 (9 significant digits)."""
+    return [float(f"{v:.9g}") for v in row.ravel().tolist()]
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, str):
+        if len(v) > 1024:
+            raise _Unfit("a string over 1024 characters")
+        return v
+    if isinstance(v, (bool, int)) or v is None:
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
+            raise _Unfit("an integer too large for JSON readers")
+        return v
+    raise _Unfit(f"a value of type {type(v).__name__}")
+
+
+def _json_input(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw row as JSON: scalars, and lists of scalars (non-finite numbers become null)."""
+    if len(row) > MAX_INPUT_COLUMNS:
+        raise _Unfit(f"more than {MAX_INPUT_COLUMNS} columns")
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if not isinstance(key, str) or len(key) > 128:
+            raise _Unfit("a column name that is not a short string")
+        if isinstance(value, (list, tuple, np.ndarray)):
+            items = value.ravel().tolist() if isinstance(value, np.ndarray) else value
+            if len(items) > MAX_VALUES:
+                raise _Unfit(f"a column of more than {MAX_VALUES} values")
+            out[key] = [_json_value(v) for v in items]
+        else:
+            out[key] = _json_value(value)
+    return out
