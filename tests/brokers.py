@@ -77,6 +77,7 @@ def _mosquitto_config(folder: Path, port: int, persistence: bool, extra: str) ->
         "allow_anonymous true",
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {folder}/",
+        "set_tcp_nodelay true",
         "log_dest stderr",
         "log_type error",
         "max_queued_messages 100000",

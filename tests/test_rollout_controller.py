@@ -288,3 +288,29 @@ def test_operator_requests_and_resign(setup):
     assert ctl.status(rid)["status"] == "completed"
     with pytest.raises(Conflict, match="is completed; nothing to pause"):
         ctl.request(rid, "pause")
+
+
+def test_sequence_numbers_stay_above_what_devices_accepted(setup):
+    ws, key, client, clock = setup
+    fleet = FleetStore(ws.db, "lab")
+    first = fleet.next_seq()
+    # a device reports it accepted seq 50 (e.g. the server was restored from an old backup)
+    fleet.apply_state(
+        json.loads(
+            state_message(
+                fleet="lab",
+                device="d0",
+                online=True,
+                boot="b",
+                ts=0.0,
+                hardware="rpi4",
+                runtimes=["ai-edge-litert"],
+                accepted_seq=50,
+                model=None,
+                previous=None,
+                tags=[],
+            )
+        )
+    )
+    assert first == 2
+    assert fleet.next_seq() == 51

@@ -41,6 +41,7 @@ class FleetStore:
             dev.last_seen = _now()
             if state["online"]:
                 dev.state = {k: v for k, v in state.items() if k not in ("fleet",)}
+                _raise_seq_floor(s, self.fleet, int(state.get("accepted_seq") or 0))
                 dev.reported_tags = list(state.get("tags", []))
 
         self.db.write(write)
@@ -128,10 +129,7 @@ class FleetStore:
             if row is None:
                 row = FleetSeq(fleet=self.fleet, last_seq=0)
                 s.add(row)
-            # never below what a device already accepted (e.g. a store restored from backup)
-            devices = s.execute(select(Device).where(Device.fleet == self.fleet)).scalars()
-            floor = max((d.state.get("accepted_seq", 0) for d in devices), default=0)
-            row.last_seq = max(row.last_seq, floor) + 1
+            row.last_seq += 1  # apply_state keeps it above what any device accepted
             return row.last_seq
 
         return self.db.write(write)
@@ -192,6 +190,18 @@ def device_summary(d: Device) -> dict[str, Any]:
         "previous": st.get("previous"),
         "agent": st.get("agent"),
     }
+
+
+def _raise_seq_floor(s: Session, fleet: str, accepted: int) -> None:
+    """Keep the fleet's sequence above every seq a device accepted, so a server restored
+    from an old backup never issues numbers devices would reject as replays."""
+    if accepted <= 0:
+        return
+    row = s.get(FleetSeq, fleet)
+    if row is None:
+        s.add(FleetSeq(fleet=fleet, last_seq=accepted))
+    elif row.last_seq < accepted:
+        row.last_seq = accepted
 
 
 def record_event(s: Session, fleet: str, event: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ edgeops). Old steps are kept forever and tested from a version-1 store
 3. fleet: devices, device events, the fleet's deployment sequence, desired
    states, rollouts.
 4. monitoring: telemetry windows, samples and labels, ingest counters, alerts.
+5. an index on device events by (fleet, device, seq), for de-duplicating them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _create(tables_attr: str) -> Callable[[Connection], None]:
@@ -38,9 +39,17 @@ def _create(tables_attr: str) -> Callable[[Connection], None]:
     return step
 
 
+def _index_device_events(conn: Connection) -> None:
+    from .schema import DeviceEvent
+
+    for index in DeviceEvent.__table__.indexes:
+        index.create(conn, checkfirst=True)
+
+
 # version -> step from version-1 to version; 1 is the initial create_all.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _create("SCHEMA_2_TABLES"),
     3: _create("SCHEMA_3_TABLES"),
     4: _create("SCHEMA_4_TABLES"),
+    5: _index_device_events,
 }

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -311,6 +312,7 @@ class Device(Base):
 
 class DeviceEvent(Base):
     __tablename__ = "device_events"
+    __table_args__ = (Index("ix_device_events_device_seq", "fleet", "device_id", "seq"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     fleet: Mapped[str] = mapped_column(String(64))
     device_id: Mapped[str] = mapped_column(String(64))
