@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from edgeops_protocol.chunks import describe_chunks
 from edgeops_protocol.messages import parse_event, parse_state
 from edgeops_protocol.topics import ProtocolError, device_filter, device_topic, parse_device_topic
 
@@ -81,6 +82,7 @@ class RolloutController:
         self.owner = f"ctl-{uuid.uuid4().hex[:10]}"
         self.notes: list[tuple[str, str, str]] = []  # (rollout, kind, detail)
         self._published: set[str] = set()
+        self._models: dict[tuple[str, str, int], tuple[Any, Any, bytes, dict]] = {}
         self._subscribed = False
 
     # --- creating -------------------------------------------------------------------
@@ -264,6 +266,7 @@ class RolloutController:
             plan = RolloutPlan.from_dict(r.plan)
             state = RolloutState.from_dict(r.state)
             targets = r.targets
+            model_ref = r.model_ref
             requests = list(r.requests)
         queue: list[Any] = []
         for req in requests:
@@ -287,7 +290,9 @@ class RolloutController:
                     self.notes.append((rid, cmd.kind.value, cmd.detail))
                     log.info("%s %s %s", rid, cmd.kind.value, cmd.detail)
                 elif isinstance(cmd, (Deploy, Revert)):
-                    seq = self._deploy(rid, cmd.device, targets, revert=isinstance(cmd, Revert))
+                    seq = self._deploy(
+                        rid, model_ref, cmd.device, targets, revert=isinstance(cmd, Revert)
+                    )
                     if seq is not None:
                         queue.append(Deployed(cmd.device, seq))
 
@@ -302,7 +307,9 @@ class RolloutController:
         if on_step is not None:
             on_step(rid, summary(plan, state))
 
-    def _deploy(self, rid: str, device: str, targets: dict[str, Any], revert: bool) -> int | None:
+    def _deploy(
+        self, rid: str, model_ref: str, device: str, targets: dict[str, Any], revert: bool
+    ) -> int | None:
         """Publish a signed manifest for the rollout's model (or the device's previous one)."""
         t = targets["devices"][device]
         if revert:
@@ -311,13 +318,9 @@ class RolloutController:
                 return None
             ref, variant_name = prev["ref"], prev["variant"]
         else:
-            with self.ws.db.session() as s:
-                ref = s.get(Rollout, rid).model_ref
-            variant_name = t["variant"]
-        mv = self.ws.registry.get_version(ref)
-        variant = next(v for v in mv.variants if v.name == variant_name)
-        data = self.ws.registry.variant_bytes(mv.ref, variant.name)
+            ref, variant_name = model_ref, t["variant"]
         mo = ManifestOptions(**targets["manifest"])
+        mv, variant, data, chunks = self._model(ref, variant_name, mo.chunk_size)
         if variant.sha256 not in self._published:
             publish_artifact(self.client, self.fleet.fleet, data, mo.chunk_size)
             self._published.add(variant.sha256)
@@ -333,6 +336,7 @@ class RolloutController:
             hardware=targets["hardware"],
             opts=mo,
             now=self.clock(),
+            chunks=chunks,
         )
         envelope = sign(manifest, self.key)
         self.client.publish_all(
@@ -348,6 +352,19 @@ class RolloutController:
             device, seq, rid, mv.ref, variant.name, variant.sha256, envelope, manifest["expires_at"]
         )
         return seq
+
+    def _model(self, ref: str, variant_name: str, chunk_size: int) -> tuple[Any, Any, bytes, dict]:
+        """Version, variant, verified bytes and chunk hashes; read once per controller, since
+        versions and variants are immutable."""
+        key = (ref, variant_name, chunk_size)
+        if key not in self._models:
+            if len(self._models) >= 16:
+                self._models.pop(next(iter(self._models)))
+            mv = self.ws.registry.get_version(ref)
+            variant = next(v for v in mv.variants if v.name == variant_name)
+            data = self.ws.registry.variant_bytes(mv.ref, variant.name)
+            self._models[key] = (mv, variant, data, describe_chunks(data, chunk_size))
+        return self._models[key]
 
     def resign_expiring(self, now: float, margin: float | None = None) -> int:
         """Re-sign and republish desired states that would expire within ``margin`` seconds

@@ -95,8 +95,12 @@ def build_manifest(
     hardware: list[str],
     opts: ManifestOptions,
     now: float | None = None,
+    chunks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest (unsigned) deploying ``variant`` of ``mv`` to ``device``."""
+    """The manifest (unsigned) deploying ``variant`` of ``mv`` to ``device``.
+
+    ``chunks`` is ``describe_chunks(data, opts.chunk_size)`` when the caller has it
+    already (it hashes every chunk; a rollout computes it once per artifact)."""
     now = time.time() if now is None else now
     meta = variant.meta
     family = _FORMAT_FAMILY[variant.format]
@@ -104,7 +108,7 @@ def build_manifest(
     if budget is None:  # generous: a Pi is slower than the build machine
         budget = max(50.0, 50.0 * float(variant.metrics.get("latency_ms_p95", 1.0)))
     vectors = meta.get("test_vectors", {"inputs": [], "outputs": []})
-    artifact = describe_chunks(data, opts.chunk_size)
+    artifact = dict(chunks) if chunks is not None else describe_chunks(data, opts.chunk_size)
     if opts.artifact_url_base:
         artifact["url"] = f"{opts.artifact_url_base.rstrip('/')}/artifacts/{artifact['sha256']}"
     return {
