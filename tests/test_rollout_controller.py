@@ -291,7 +291,7 @@ def test_operator_requests_and_resign(setup):
 
 
 def test_sequence_numbers_stay_above_what_devices_accepted(setup):
-    ws, key, client, clock = setup
+    ws = setup[0]
     fleet = FleetStore(ws.db, "lab")
     first = fleet.next_seq()
     # a device reports it accepted seq 50 (e.g. the server was restored from an old backup)
