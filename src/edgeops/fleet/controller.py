@@ -282,6 +282,7 @@ class RolloutController:
                     else cls()
                 )
         queue.extend(events)
+        outbox: list[dict[str, Any]] = []
         while queue:
             event = queue.pop(0)
             state, commands = step(plan, state, event, now)
@@ -290,11 +291,13 @@ class RolloutController:
                     self.notes.append((rid, cmd.kind.value, cmd.detail))
                     log.info("%s %s %s", rid, cmd.kind.value, cmd.detail)
                 elif isinstance(cmd, (Deploy, Revert)):
-                    seq = self._deploy(
+                    out = self._deploy(
                         rid, model_ref, cmd.device, targets, revert=isinstance(cmd, Revert)
                     )
-                    if seq is not None:
-                        queue.append(Deployed(cmd.device, seq))
+                    if out is not None:
+                        outbox.append(out)
+                        queue.append(Deployed(cmd.device, out["seq"]))
+        self._publish_manifests(outbox)
 
         def write(s: Session) -> None:
             row = s.get(Rollout, rid)
@@ -309,8 +312,9 @@ class RolloutController:
 
     def _deploy(
         self, rid: str, model_ref: str, device: str, targets: dict[str, Any], revert: bool
-    ) -> int | None:
-        """Publish a signed manifest for the rollout's model (or the device's previous one)."""
+    ) -> dict[str, Any] | None:
+        """A signed manifest for the rollout's model (or the device's previous one), to publish
+        with the others of this step; the artifact's chunks are published first, once."""
         t = targets["devices"][device]
         if revert:
             prev = t.get("previous")
@@ -339,19 +343,33 @@ class RolloutController:
             chunks=chunks,
         )
         envelope = sign(manifest, self.key)
+        return {
+            "device": device,
+            "seq": seq,
+            "rollout": rid,
+            "model_ref": mv.ref,
+            "variant": variant.name,
+            "sha256": variant.sha256,
+            "envelope": envelope,
+            "expires_at": manifest["expires_at"],
+        }
+
+    def _publish_manifests(self, outbox: list[dict[str, Any]]) -> None:
+        """Publish a step's manifests together (one wait for all the acknowledgements) and
+        record them as the devices' desired states in one transaction."""
+        if not outbox:
+            return
         self.client.publish_all(
             [
                 (
-                    device_topic(self.fleet.fleet, device, "desired"),
-                    json.dumps(envelope).encode(),
+                    device_topic(self.fleet.fleet, o["device"], "desired"),
+                    json.dumps(o["envelope"]).encode(),
                     True,
                 )
+                for o in outbox
             ]
         )
-        self.fleet.save_desired(
-            device, seq, rid, mv.ref, variant.name, variant.sha256, envelope, manifest["expires_at"]
-        )
-        return seq
+        self.fleet.save_desired_many(outbox)
 
     def _model(self, ref: str, variant_name: str, chunk_size: int) -> tuple[Any, Any, bytes, dict]:
         """Version, variant, verified bytes and chunk hashes; read once per controller, since

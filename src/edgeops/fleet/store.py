@@ -145,19 +145,38 @@ class FleetStore:
         envelope: dict,
         expires_at: float,
     ) -> None:
+        self.save_desired_many(
+            [
+                {
+                    "device": device,
+                    "seq": seq,
+                    "rollout": rollout_id,
+                    "model_ref": model_ref,
+                    "variant": variant,
+                    "sha256": sha256,
+                    "envelope": envelope,
+                    "expires_at": expires_at,
+                }
+            ]
+        )
+
+    def save_desired_many(self, items: list[dict[str, Any]]) -> None:
+        """Record published desired states (keys as :meth:`save_desired`'s) in one transaction."""
+
         def write(s: Session) -> None:
-            row = s.get(Desired, (self.fleet, device))
-            if row is None:
-                row = Desired(fleet=self.fleet, device_id=device)
-                s.add(row)
-            row.seq, row.rollout_id, row.model_ref, row.variant = (
-                seq,
-                rollout_id,
-                model_ref,
-                variant,
-            )
-            row.sha256, row.envelope, row.expires_at = sha256, envelope, expires_at
-            row.updated_at = _now()
+            for it in items:
+                row = s.get(Desired, (self.fleet, it["device"]))
+                if row is None:
+                    row = Desired(fleet=self.fleet, device_id=it["device"])
+                    s.add(row)
+                row.seq, row.rollout_id = it["seq"], it["rollout"]
+                row.model_ref, row.variant, row.sha256 = (
+                    it["model_ref"],
+                    it["variant"],
+                    it["sha256"],
+                )
+                row.envelope, row.expires_at = it["envelope"], it["expires_at"]
+                row.updated_at = _now()
 
         self.db.write(write)
 
