@@ -233,24 +233,27 @@ class RolloutController:
             time.sleep(budget)
             return
         reports: dict[str, list[Any]] = {}
+        states: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         for msg in self.client.drain(budget):
             try:
                 fleet, device, kind = parse_device_topic(msg.topic)
                 if kind == "state":
                     state = parse_state(msg.payload)
                     if state["device"] == device and fleet == self.fleet.fleet:
-                        self.fleet.apply_state(state)
+                        states.append(state)
                 elif kind == "events":
                     ev = parse_event(msg.payload)
                     if ev["device"] != device or fleet != self.fleet.fleet:
                         continue  # a device may only speak for itself
-                    self.fleet.apply_event(ev)
+                    events.append(ev)
                     if ev.get("rollout"):
                         reports.setdefault(ev["rollout"], []).append(
                             DeviceReport(device, ev["seq"], ev["event"], ev.get("reason", ""))
                         )
             except ProtocolError as exc:
                 log.debug("dropped a message on %s: %s", msg.topic, exc)
+        self.fleet.apply_batch(states, events)  # one transaction for the whole pump
         now = self.clock()
         for rid, events in reports.items():
             self._advance(rid, events, now, on_step)

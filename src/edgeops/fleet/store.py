@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,24 +32,35 @@ class FleetStore:
     # --- ingest -------------------------------------------------------------------
     def apply_state(self, state: dict[str, Any]) -> None:
         """Record a parsed state message. An offline state keeps what the device last said."""
-
-        def write(s: Session) -> None:
-            dev = self._find(s, state["device"])
-            if dev is None:
-                dev = Device(fleet=self.fleet, device_id=state["device"], state={}, tags=[])
-                s.add(dev)
-            dev.online = state["online"]
-            dev.last_seen = _now()
-            if state["online"]:
-                dev.state = {k: v for k, v in state.items() if k not in ("fleet",)}
-                _raise_seq_floor(s, self.fleet, int(state.get("accepted_seq") or 0))
-                dev.reported_tags = list(state.get("tags", []))
-
-        self.db.write(write)
+        self.apply_batch(states=[state])
 
     def apply_event(self, event: dict[str, Any]) -> bool:
         """Record a parsed event once; False if it was already recorded (see record_event)."""
-        return self.db.write(lambda s: record_event(s, self.fleet, event))
+        return self.apply_batch(events=[event])[0]
+
+    def apply_batch(
+        self, states: Sequence[dict[str, Any]] = (), events: Sequence[dict[str, Any]] = ()
+    ) -> list[bool]:
+        """Record states, then events, in one transaction; for each event whether it was new."""
+
+        def write(s: Session) -> list[bool]:
+            for state in states:
+                dev = self._find(s, state["device"])
+                if dev is None:
+                    dev = Device(fleet=self.fleet, device_id=state["device"], state={}, tags=[])
+                    s.add(dev)
+                dev.online = state["online"]
+                dev.last_seen = _now()
+                if state["online"]:
+                    dev.state = {k: v for k, v in state.items() if k not in ("fleet",)}
+                    _raise_seq_floor(s, self.fleet, int(state.get("accepted_seq") or 0))
+                    dev.reported_tags = list(state.get("tags", []))
+                s.flush()
+            return [record_event(s, self.fleet, ev) for ev in events]
+
+        if not states and not events:
+            return []
+        return self.db.write(write)
 
     def sync(self, client: Any, quiet: float = 0.3) -> int:
         """Read every retained device state from the broker into the registry; the count."""
