@@ -33,7 +33,7 @@ from .store.schema import (
     utcnow,
 )
 
-__all__ = ["AliasMove", "NewVariant", "Registry"]
+__all__ = ["AliasMove", "NewVariant", "Registry", "version_card"]
 
 ORIGINAL = "original"
 VARIANT_NAME_HELP = "use lowercase letters, digits and '-' (e.g. tflite-int8)"
@@ -149,9 +149,17 @@ class Registry:
                 )
             )
             for nv, b in zip(variants or [], blobs[1:]):  # noqa: B905 - same length
-                s.add(Variant(model_version=mv, name=nv.name, format=nv.format,
-                              sha256=b.sha256, size=b.size, metrics=dict(nv.metrics),
-                              meta=dict(nv.meta)))
+                s.add(
+                    Variant(
+                        model_version=mv,
+                        name=nv.name,
+                        format=nv.format,
+                        sha256=b.sha256,
+                        size=b.size,
+                        metrics=dict(nv.metrics),
+                        meta=dict(nv.meta),
+                    )
+                )
             s.flush()
             s.refresh(mv)
             return mv
@@ -387,3 +395,34 @@ class Registry:
                 for v in mv.variants
             ],
         }
+
+
+def version_card(mv: ModelVersion, aliases: list[str]) -> dict[str, Any]:
+    """A version as the CLI and the API show it: lineage, params, metrics, variants."""
+    return {
+        "ref": mv.ref,
+        "name": mv.model.name,
+        "version": mv.version,
+        "flavor": mv.flavor,
+        "aliases": aliases,
+        "created_at": mv.created_at,
+        "author": mv.author,
+        "description": mv.description,
+        "run": mv.run_id,
+        "dataset": mv.dataset_version.ref if mv.dataset_version else None,
+        "features": mv.feature_ref or None,
+        "labels": mv.labels,
+        "params": mv.params,
+        "metrics": mv.metrics,
+        "variants": [
+            {
+                "name": v.name,
+                "format": v.format,
+                "size": v.size,
+                "sha256": v.sha256,
+                "metrics": v.metrics,
+                "meta": v.meta,
+            }
+            for v in mv.variants
+        ],
+    }

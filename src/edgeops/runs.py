@@ -26,7 +26,7 @@ from .errors import InvalidInput, NotFound
 from .store import Database
 from .store.schema import DatasetVersion, Run
 
-__all__ = ["RunStore", "environment", "git_state"]
+__all__ = ["RunStore", "environment", "git_state", "run_record"]
 
 RUN_STATUSES = ("running", "finished", "failed", "gated")
 _PACKAGES = (
@@ -228,3 +228,28 @@ class RunStore:
                 k for k, vals in table.items() if len({repr(v) for v in vals}) > 1
             ]
         return out
+
+
+def run_record(run: Run, full: bool = True) -> dict[str, Any]:
+    """A run as the CLI and the API show it (``full``: with config text and packages)."""
+    out = {
+        "id": run.id,
+        "name": run.name,
+        "kind": run.kind,
+        "status": run.status,
+        "reason": run.reason,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "dataset": run.dataset_version.ref if run.dataset_version else None,
+        "features": run.feature_ref or None,
+        "seeds": run.seeds,
+        "params": run.params,
+        "metrics": run.metrics,
+        "git_commit": run.git_commit,
+        "git_dirty": run.git_dirty,
+        "author": run.author,
+        "tags": run.tags,
+    }
+    if full:
+        out.update(config_name=run.config_name, config_text=run.config_text, packages=run.packages)
+    return out

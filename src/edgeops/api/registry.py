@@ -6,38 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from ..registry import version_card
+from ..runs import run_record
 from .deps import workspace
 
 router = APIRouter(tags=["registry"])
-
-
-def _version(mv: Any, aliases: list[str]) -> dict[str, Any]:
-    return {
-        "ref": mv.ref,
-        "name": mv.model.name,
-        "version": mv.version,
-        "flavor": mv.flavor,
-        "aliases": aliases,
-        "created_at": mv.created_at,
-        "author": mv.author,
-        "description": mv.description,
-        "run": mv.run_id,
-        "dataset": mv.dataset_version.ref if mv.dataset_version else None,
-        "features": mv.feature_ref or None,
-        "labels": mv.labels,
-        "params": mv.params,
-        "metrics": mv.metrics,
-        "variants": [
-            {
-                "name": v.name,
-                "format": v.format,
-                "size": v.size,
-                "sha256": v.sha256,
-                "metrics": v.metrics,
-            }
-            for v in mv.variants
-        ],
-    }
 
 
 @router.get("/models")
@@ -51,7 +24,7 @@ def list_versions(name: str, ws: Any = Depends(workspace)) -> list[dict[str, Any
     """Every version of a model (the model card of each)."""
     aliases = ws.registry.aliases_of(name)
     return [
-        _version(mv, sorted(a for a, v in aliases.items() if v == mv.version))
+        version_card(mv, sorted(a for a, v in aliases.items() if v == mv.version))
         for mv in ws.registry.versions(name)
     ]
 
@@ -61,7 +34,7 @@ def get_version(name: str, ref: str, ws: Any = Depends(workspace)) -> dict[str, 
     """One version (``ref`` is a version number, an alias, or ``latest``)."""
     mv = ws.registry.get_version(f"{name}@{ref}")
     aliases = ws.registry.aliases_of(name)
-    return _version(mv, sorted(a for a, v in aliases.items() if v == mv.version))
+    return version_card(mv, sorted(a for a, v in aliases.items() if v == mv.version))
 
 
 @router.get("/models/{name}/{ref}/lineage")
@@ -106,38 +79,10 @@ def list_runs(
     limit: int = Query(50, ge=1, le=1000), status: str | None = None, ws: Any = Depends(workspace)
 ) -> list[dict[str, Any]]:
     """Training runs, newest first."""
-    return [
-        {
-            "id": r.id,
-            "name": r.name,
-            "status": r.status,
-            "reason": r.reason,
-            "started_at": r.started_at,
-            "metrics": r.metrics,
-            "seeds": r.seeds,
-        }
-        for r in ws.runs.list(limit=limit, status=status)
-    ]
+    return [run_record(r, full=False) for r in ws.runs.list(limit=limit, status=status)]
 
 
 @router.get("/runs/{run_id}")
 def get_run(run_id: str, ws: Any = Depends(workspace)) -> dict[str, Any]:
     """One run with everything recorded on it."""
-    r = ws.runs.get(run_id)
-    return {
-        "id": r.id,
-        "name": r.name,
-        "status": r.status,
-        "reason": r.reason,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "seeds": r.seeds,
-        "params": r.params,
-        "metrics": r.metrics,
-        "config_text": r.config_text,
-        "dataset": r.dataset_version.ref if r.dataset_version else None,
-        "features": r.feature_ref or None,
-        "packages": r.packages,
-        "git_commit": r.git_commit,
-        "git_dirty": r.git_dirty,
-    }
+    return run_record(ws.runs.get(run_id))

@@ -7,41 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
+from ..registry import version_card as version_dict
 from ._common import JSON_HELP, console, kv_table, print_json, table, when, workspace
 
 app = typer.Typer(
     help="The model registry: register, list, show, alias, lineage, get.", no_args_is_help=True
 )
-
-
-def version_dict(mv: Any, aliases: list[str]) -> dict[str, Any]:
-    return {
-        "ref": mv.ref,
-        "name": mv.model.name,
-        "version": mv.version,
-        "flavor": mv.flavor,
-        "aliases": aliases,
-        "created_at": mv.created_at,
-        "author": mv.author,
-        "description": mv.description,
-        "run": mv.run_id,
-        "dataset": mv.dataset_version.ref if mv.dataset_version else None,
-        "features": mv.feature_ref or None,
-        "labels": mv.labels,
-        "params": mv.params,
-        "metrics": mv.metrics,
-        "variants": [
-            {
-                "name": v.name,
-                "format": v.format,
-                "size": v.size,
-                "sha256": v.sha256,
-                "metrics": v.metrics,
-                "meta": v.meta,
-            }
-            for v in mv.variants
-        ],
-    }
 
 
 @app.command("register")

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from ..runs import run_record as run_dict
 from ._common import JSON_HELP, console, kv_table, print_json, table, when, workspace
 
 app = typer.Typer(help="Inspect training runs: list, show, compare.", no_args_is_help=True)
-
-
-def run_dict(run: Any, full: bool = True) -> dict[str, Any]:
-    out = {
-        "id": run.id,
-        "name": run.name,
-        "kind": run.kind,
-        "status": run.status,
-        "reason": run.reason,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "dataset": run.dataset_version.ref if run.dataset_version else None,
-        "features": run.feature_ref or None,
-        "seeds": run.seeds,
-        "params": run.params,
-        "metrics": run.metrics,
-        "git_commit": run.git_commit,
-        "git_dirty": run.git_dirty,
-        "author": run.author,
-        "tags": run.tags,
-    }
-    if full:
-        out.update(config_name=run.config_name, config_text=run.config_text, packages=run.packages)
-    return out
 
 
 @app.command("list")
