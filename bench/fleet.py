@@ -83,6 +83,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _broker import Broker, start_broker  # bench/_broker.py; the script folder is on sys.path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLEET = "bench"
@@ -209,54 +211,6 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.02
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)
-
-
-@dataclass
-class Broker:
-    url: str
-    proc: subprocess.Popen
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def start_broker(folder: Path, nodelay: bool = False) -> Broker:
-    """Mosquitto on a free loopback port: the test suite's settings (tests/brokers.py) plus
-    ``$SYS`` counters every second. Per-client limits, so they hold for any fleet size."""
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(mosquitto).exists():
-        raise SystemExit("mosquitto is not installed; apt-get install mosquitto")
-    folder.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = folder / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "log_dest stderr\nlog_type error\nmax_queued_messages 100000\n"
-        "max_inflight_messages 100\nmessage_size_limit 10485760\nsys_interval 1\n"
-        + ("set_tcp_nodelay true\n" if nodelay else "")
-    )
-    log = open(folder / "mosquitto.log", "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 15
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}; see {folder}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return Broker(f"mqtt://127.0.0.1:{port}", proc)
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("mosquitto did not listen within 15 s") from None
-            time.sleep(0.05)
 
 
 # Bytes only: Mosquitto 2.0's $SYS/broker/publish/messages/* leave out retained publishes.
@@ -1368,7 +1322,7 @@ def run_all(s: Settings, verbose: bool, t0: float) -> dict[str, Any]:
 
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeops-fleet-")))
-        broker = start_broker(root / "broker", s.nodelay)
+        broker = start_broker(root / "broker", "sys_interval 1\n")
         stack.callback(broker.stop)
         step(f"mosquitto on {broker.url}; training and exporting the model")
         ws, mv, variant, data = build_model(root / "ws", s, None if verbose else root / "tf.log")

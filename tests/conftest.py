@@ -121,3 +121,14 @@ def topic_prefix(request) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40] + "-" + uuid.uuid4().hex[:6]
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled digits as float32, split 75/25 with random_state 0."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return tuple(train_test_split(X.astype(np.float32), y, random_state=0))

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.tree import DecisionTreeClassifier
 
@@ -26,13 +24,6 @@ from edgeops.convert.emlearn_c import (
     validate_c_name,
 )
 from edgeops.errors import InvalidInput, MissingExtra
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, random_state=0)
-    return X_train, X_test, y_train, y_test
 
 
 @pytest.fixture(scope="module")

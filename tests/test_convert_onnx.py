@@ -11,10 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from edgeops.convert.measure import labels_of
@@ -27,13 +25,6 @@ from edgeops.convert.onnx import (
 from edgeops.errors import InvalidInput, MissingExtra
 from edgeops_agent.runtime import RuntimeMissing, load_runner
 from edgeops_agent.runtime.onnx import OnnxRunner
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, random_state=0)
-    return X_train, X_test, y_train, y_test
 
 
 @pytest.fixture(scope="module")
