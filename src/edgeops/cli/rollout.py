@@ -143,6 +143,18 @@ def start(
             "artifact's URL there, for devices that download by HTTP.",
         ),
     ] = None,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Quality gate judged on the new version's telemetry while a stage soaks "
+            "(repeatable): error_rate<=X, p95_latency_ms<=X, confidence>=X, drift_psi<=X, "
+            "drift_flagged<=N. A breach aborts and rolls back; needs `edgeops collector`.",
+        ),
+    ] = None,
+    gate_min_count: Annotated[
+        int,
+        typer.Option(help="Predictions per variant a gate verdict needs.", min=1),
+    ] = 500,
     detach: Annotated[
         bool,
         typer.Option("--detach", help="Only create it; a running `edgeops controller` drives it."),
@@ -152,9 +164,13 @@ def start(
     """Roll a model version out to devices in stages, aborting and rolling back on failures.
 
     Example: `edgeops rollout start wrist@3 --target tag:lab --stages 5,25,100 --max-failures 10`
+
+    Example with quality gates: `edgeops rollout start wrist@3 --target all --stage-wait 10m
+    --gate error_rate<=0.02 --gate drift_flagged<=0`
     """
     from ..fleet.controller import RolloutOptions
     from ..fleet.deploy import ManifestOptions
+    from ..monitoring.gates import QualityGates
 
     if not 0 <= max_failures <= 100:
         raise InvalidInput("--max-failures is a percentage between 0 and 100")
@@ -169,6 +185,7 @@ def start(
         manifest=ManifestOptions(
             probation_s=parse_duration(probation, "--probation"), artifact_url_base=artifact_url
         ),
+        gates=QualityGates.parse(gate or [], gate_min_count),
     )
     ctl, client = controller(ctx)
     ctl.fleet.sync(client)
@@ -240,6 +257,18 @@ def status(
             ],
         )
     )
+    if st.get("gates"):
+        console.print("Quality gates: " + ", ".join(st["gates"]), markup=False)
+        console.print(
+            table(
+                "Gate verdicts",
+                ["stage", "verdict", "reason"],
+                [
+                    [v["stage"], {True: "pass", False: "FAIL"}.get(v["ok"], "-"), v["reason"]]
+                    for v in st.get("verdicts", [])
+                ],
+            )
+        )
 
 
 @app.command("list")

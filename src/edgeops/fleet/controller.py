@@ -27,6 +27,7 @@ from edgeops_protocol.messages import parse_event, parse_state
 from edgeops_protocol.topics import ProtocolError, device_filter, device_topic, parse_device_topic
 
 from ..errors import Conflict, InvalidInput, NotFound
+from ..monitoring.gates import GateVerdict, QualityGates
 from ..rollout import (
     Abort,
     Deploy,
@@ -55,6 +56,7 @@ __all__ = ["LEASE_SECONDS", "TERMINAL", "RolloutController", "RolloutOptions"]
 log = logging.getLogger("edgeops.rollout")
 LEASE_SECONDS = float(os.environ.get("EDGEOPS_ROLLOUT_LEASE_S", "15"))
 TERMINAL = ("completed", "aborted", "rolled_back")
+GATE_CHECK_S = 1.0  # seconds between quality-gate checks of a soaking rollout
 _REQUESTS = {"pause": Pause, "resume": Resume, "abort": Abort, "rollback": Rollback}
 
 
@@ -68,6 +70,7 @@ class RolloutOptions:
     variant: str | None = None
     hardware: tuple[str, ...] = ("*",)
     manifest: ManifestOptions = field(default_factory=ManifestOptions)
+    gates: QualityGates = field(default_factory=QualityGates)  # judged while stages soak
 
 
 class RolloutController:
@@ -84,6 +87,7 @@ class RolloutController:
         self._published: set[str] = set()
         self._models: dict[tuple[str, str, int], tuple[Any, Any, bytes, dict]] = {}
         self._subscribed = False
+        self._gate_checked: dict[str, float] = {}  # rollout -> monotonic time of the last check
 
     # --- creating -------------------------------------------------------------------
     def create(self, model_ref: str, selector: str, opts: RolloutOptions) -> str:
@@ -125,6 +129,7 @@ class RolloutController:
             timeout=opts.timeout,
             retries=opts.retries,
             previous={d: t["previous"] is not None for d, t in targets.items()},
+            require_soak_verdict=bool(opts.gates),
         )
         state = RolloutState.initial(plan)
         doc = {
@@ -139,6 +144,8 @@ class RolloutController:
                 "chunk_size": opts.manifest.chunk_size,
                 "artifact_url_base": opts.manifest.artifact_url_base,
             },
+            "gates": opts.gates.to_dict(),
+            "verdicts": [],
         }
 
         def write(s: Session) -> None:
@@ -218,7 +225,7 @@ class RolloutController:
             self._pump(on_step, budget=tick)
             now = self.clock()
             for rid in self.active():
-                self._advance(rid, [Tick()], now, on_step)
+                self._advance(rid, [Tick(), *self._gate_verdicts(rid, now)], now, on_step)
             if now - last_resign > 30:
                 self.resign_expiring(now)
                 last_resign = now
@@ -312,6 +319,82 @@ class RolloutController:
         self.ws.db.write(write)
         if on_step is not None:
             on_step(rid, summary(plan, state))
+
+    # --- quality gates -------------------------------------------------------------------
+    def _gate_verdicts(self, rid: str, now: float) -> list[SoakVerdict]:
+        """A SoakVerdict for a soaking rollout with quality gates, once its telemetry decides.
+
+        Judged (at most every ``GATE_CHECK_S``) on the windows of the rollout's version
+        from the activated devices of the stages so far whose ``end`` is in the soak:
+        a breach with enough predictions fails at once; a pass is given when the soak's
+        time is up; too few predictions by ``soak_until + timeout`` fail it."""
+        t = time.monotonic()
+        if t - self._gate_checked.get(rid, -1e9) < GATE_CHECK_S:
+            return []
+        self._gate_checked[rid] = t
+        with self.ws.db.session() as s:
+            r = s.get(Rollout, rid)
+            if r is None or r.status != "soaking" or not r.targets.get("gates", {}).get("gates"):
+                return []
+            plan = RolloutPlan.from_dict(r.plan)
+            state = RolloutState.from_dict(r.state)
+            gates = QualityGates.from_dict(r.targets["gates"])
+            model_ref = r.model_ref
+        if state.soak_until is None or state.verdict_ok:
+            return []
+        soak_start = state.soak_until - plan.stage_wait
+        cohort = {
+            d
+            for d in plan.devices[: plan.stage_sizes()[state.stage]]
+            if state.devices[d].status.value == "activated"
+        }
+        verdict = self.judge_gates(model_ref, gates, cohort, since=soak_start)
+        if verdict.ok is None:
+            if now < state.soak_until + plan.timeout:
+                return []
+            verdict = GateVerdict(
+                False,
+                verdict.counts,
+                verdict.values,
+                (
+                    f"too little telemetry: {sum(verdict.counts.values())} predictions, "
+                    f"{gates.min_count} needed per variant (is `edgeops collector` running?)",
+                ),
+            )
+        elif verdict.ok and now < state.soak_until:
+            return []
+        self._record_verdict(rid, state.stage, now, verdict)
+        return [SoakVerdict(state.stage, bool(verdict.ok), verdict.reason)]
+
+    def judge_gates(
+        self, model_ref: str, gates: QualityGates, devices: set[str], since: float | None
+    ) -> GateVerdict:
+        """The gates on ``devices``' telemetry of ``model_ref`` whose windows end after
+        ``since`` (device time)."""
+        from ..monitoring.gates import judge
+        from ..monitoring.store import MonitoringStore
+
+        mv = self.ws.registry.get_version(model_ref)
+        baselines = {v.name: v.meta["baseline"] for v in mv.variants if "baseline" in v.meta}
+        windows = MonitoringStore(self.ws.db, self.fleet.fleet).windows(
+            mv.ref, since=since, limit=None
+        )
+        by_variant: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        for w in windows:
+            if w.device_id in devices and w.variant in baselines:
+                by_variant.setdefault(w.variant, (baselines[w.variant], []))[1].append(w.stats)
+        return judge(gates, by_variant)
+
+    def _record_verdict(self, rid: str, stage: int, now: float, verdict: GateVerdict) -> None:
+        entry = {"stage": stage, "at": now, **verdict.to_dict()}
+        self.notes.append((rid, "gate_verdict", f"stage {stage}: {verdict.reason}"))
+        log.info("%s gate verdict for stage %d: %s", rid, stage, verdict.reason)
+
+        def write(s: Session) -> None:
+            row = s.get(Rollout, rid)
+            row.targets = {**row.targets, "verdicts": [*row.targets.get("verdicts", []), entry]}
+
+        self.ws.db.write(write)
 
     def _deploy(
         self, rid: str, model_ref: str, device: str, targets: dict[str, Any], revert: bool
@@ -446,6 +529,8 @@ class RolloutController:
                     for d, ds in state.devices.items()
                 },
                 pending_requests=[q["op"] for q in r.requests],
+                gates=r.targets.get("gates", {}).get("gates", []),
+                verdicts=r.targets.get("verdicts", []),
             )
             return out
 
