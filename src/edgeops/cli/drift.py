@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InvalidInput
-from ._common import JSON_HELP, console, print_json, table, when, workspace
+from ._common import JSON_HELP, console, fmt_value, print_json, table, when, workspace
 from .rollout import parse_duration
 
-app = typer.Typer(help="Drift and skew from telemetry: report, alerts.", no_args_is_help=True)
+app = typer.Typer(help="Drift and skew from telemetry: report, skew, alerts.", no_args_is_help=True)
 
 
 def _service(ctx: typer.Context) -> Any:
@@ -81,6 +82,129 @@ def report(
             f"{_num(r['non_finite_rate'], '.4f')}, latency p50 {_num(lat['p50'])} ms "
             f"p95 {_num(lat['p95'])} ms"
         )
+
+
+def _ci(pair: list[float] | None) -> str:
+    return "" if not pair else f"{pair[0]:.2f}-{pair[1]:.2f}"
+
+
+def _by_group(
+    title: str, columns: list[str], part: dict[str, Any], row: Callable[[dict[str, Any]], list]
+) -> Any:
+    """One table: the whole scope (``all``), then a section of variants, then of devices."""
+    t = table(title, ["group", *columns], [["all", *row(part["overall"])]])
+    for key in ("variants", "devices"):
+        if part[key]:
+            t.add_section()
+        for name, g in part[key].items():
+            t.add_row(name, *[fmt_value(v) for v in row(g)])
+    return t
+
+
+def _agreement_row(g: dict[str, Any]) -> list[Any]:
+    return [
+        g["n"],
+        g["agreeing"],
+        _num(g["rate"]),
+        _ci(g["ci95"]),
+        _num(g["mean_abs_diff"], ".4f"),
+        g["non_finite"],
+        g["unusable"],
+    ]
+
+
+def _accuracy_row(g: dict[str, Any]) -> list[Any]:
+    return [
+        g["labelled"],
+        g["correct"],
+        _num(g["accuracy"]),
+        _ci(g["ci"]),
+        _num(g["offline_accuracy"]),
+        (g["direction"] or "").upper(),
+    ]
+
+
+@app.command("skew")
+def skew(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION (or @ALIAS).")],
+    device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only devices with this tag.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only the last DURATION, e.g. 1h.")] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Newest samples (and labelled samples) to use.")
+    ] = 1000,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Production skew: devices against the float model, offline accuracy and their group.
+
+    Agreement of the devices' outputs with the registered float model re-run on
+    the sampled inputs, on-device accuracy of labelled samples against the
+    offline test accuracy, and devices whose telemetry differs from the rest of
+    the scope.
+
+    Example: `edgeops drift skew wrist@3 --tag lab`
+    """
+    if device and tag:
+        raise InvalidInput("give --device or --tag, not both")
+    scope = f"device:{device}" if device else f"tag:{tag}" if tag else "fleet"
+    start = time.time() - parse_duration(since, "--since") if since else None
+    out = _service(ctx).skew(ref, scope=scope, since=start, limit=limit)
+    if json_out:
+        print_json(out)
+        return
+    where = f"{out['model']} in {scope}" + (f", last {since}" if since else "")
+    reasons = out["reasons"]
+
+    a = out["agreement"]
+    if a is None:
+        console.print(f"Agreement with the float model: {reasons['agreement']}")
+    else:
+        console.print(
+            _by_group(
+                f"{where}: agreement with the float model",
+                ["n", "agree", "rate", "95% CI", "|d|", "inf/nan", "unusable"],
+                a,
+                _agreement_row,
+            )
+        )
+        console.print(
+            f"{a['samples']} samples (the newest, {out['limit']} at most); |d|: mean absolute "
+            f"score difference; unusable: features or outputs that do not fit the model"
+        )
+
+    acc = out["accuracy"]
+    if acc is None:
+        console.print(f"On-device accuracy: {reasons['accuracy']}")
+    else:
+        console.print(
+            _by_group(
+                f"{where}: on-device accuracy against offline",
+                ["labelled", "correct", "accuracy", "95% CI", "offline", ""],
+                acc,
+                _accuracy_row,
+            )
+        )
+
+    if not out["outliers"]:
+        console.print(f"Devices unlike their group: {reasons['outliers']}")
+        return
+    console.print(
+        table(
+            f"{where}: each device against the rest",
+            ["device", "variant", "predictions", "p (adj.)", "flagged"],
+            [
+                [
+                    o["device"],
+                    o["variant"],
+                    o["samples"],
+                    _num(o["p"], ".2g"),
+                    ", ".join(o["flagged"]),
+                ]
+                for o in out["outliers"]
+            ],
+        )
+    )
 
 
 @app.command("alerts")

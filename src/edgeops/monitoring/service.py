@@ -5,19 +5,23 @@ and the rollout gates call. The statistics are in ``drift``, ``alerts`` and ``sk
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import InvalidInput, NotFound
+from ..errors import EdgeopsError, InvalidInput, NotFound
 from ..fleet.selector import Selector
 from ..fleet.store import FleetStore, all_tags
-from ..store.schema import Alert
+from ..store.schema import Alert, Sample
 from .alerts import DEFAULT_RULES, AlertChange, AlertRule, Observation, evaluate
 from .drift import detect, drift_report
+from .skew import agreement, group_outliers, on_device_accuracy
 from .store import MonitoringStore
 
 __all__ = ["DEFAULT_MIN_COUNT", "MonitoringService"]
@@ -138,6 +142,230 @@ class MonitoringService:
             out["variants"][v.name] = {"features": names, "buckets": cells}
         return out
 
+    # --- skew --------------------------------------------------------------------------
+    def skew(
+        self,
+        ref: str,
+        *,
+        scope: str = "fleet",
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> dict[str, Any]:
+        """Production skew of ``ref`` in ``scope`` (docs/monitoring.md, "Skew").
+
+        ``agreement``: the newest ``limit`` samples (device time ``ts >= since``) re-run
+        through the version's float model (variant ``original``) against the devices'
+        outputs, overall, per variant and per device. ``accuracy``: the newest ``limit``
+        labelled samples against the offline test accuracy. ``outliers``: each device's
+        merged windows (``end >= since``) of each variant against the merge of the other
+        devices of the scope. A part that cannot be computed is ``None`` (``outliers``
+        empty) with a one-line reason in ``reasons``.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput(f"limit is a number of samples, 1 or more; got {limit!r}")
+        mv = self.ws.registry.get_version(ref)
+        devices = self.devices_in(scope)
+        agree, why_agree = self._agreement(mv, devices, since, limit)
+        acc, why_acc = self._accuracy(mv, devices, since, limit)
+        outliers, why_out = self._outliers(mv, devices, since)
+        return {
+            "model": mv.ref,
+            "scope": scope,
+            "since": since,
+            "limit": limit,
+            "agreement": agree,
+            "accuracy": acc,
+            "outliers": outliers,
+            "reasons": {"agreement": why_agree, "accuracy": why_acc, "outliers": why_out},
+        }
+
+    def _samples(
+        self, mv: Any, devices: list[str] | None, since: float | None, limit: int, labelled: bool
+    ) -> list[Sample]:
+        """The newest ``limit`` samples of ``mv`` from ``devices`` (None: every device)."""
+        if devices is not None and not devices:
+            return []
+        q = self.store._samples_query(mv.ref, None, since, None)
+        if devices is not None:
+            q = q.where(Sample.device_id.in_(devices))
+        if labelled:
+            q = q.where(Sample.label.is_not(None))
+        q = q.order_by(Sample.ts.desc(), Sample.id.desc()).limit(limit)
+        with self.ws.db.session() as s:
+            return list(s.execute(q).scalars())
+
+    def _float_model(self, mv: Any) -> tuple[Any, dict[str, Any] | None, str | None]:
+        """``(trained, {"format", "kind"}, None)``, or ``(None, None, reason)``."""
+        from ..model_io import FLAVOR_OF_FORMAT
+        from ..pipeline.spec import KERAS_KINDS, SKLEARN_KINDS
+        from ..pipeline.trainers import load_trained
+
+        original = next((v for v in mv.variants if v.name == "original"), None)
+        fmt = original.format if original is not None else None
+        flavor = FLAVOR_OF_FORMAT.get(fmt or "")
+        kinds = {"sklearn": SKLEARN_KINDS, "keras": KERAS_KINDS}.get(flavor or "")
+        if original is None or kinds is None:
+            return (
+                None,
+                None,
+                f"{mv.ref} has no float model to re-run samples through (its original is "
+                f"{fmt or 'missing'}); register a skops or keras model as its original",
+            )
+        # pipeline versions name their kind (variant meta, run tags); one registered by hand
+        # does not, and then the format alone says which loader it needs
+        run_tags = mv.run.tags if mv.run is not None else {}
+        kind = original.meta.get("model_kind") or (run_tags or {}).get("model_kind")
+        known = kind if kind in kinds else None
+        try:
+            data = self.ws.registry.variant_bytes(mv.ref, "original")
+            trained = load_trained(known or kinds[0], data, mv.params)
+        except EdgeopsError as exc:
+            return None, None, f"the float model of {mv.ref} cannot be loaded: {exc}"
+        if flavor == "sklearn" and not hasattr(trained.model, "predict_proba"):
+            return (
+                None,
+                None,
+                f"the float model of {mv.ref} ({type(trained.model).__name__}) gives no class "
+                "scores (predict_proba); register a classifier that does",
+            )
+        return trained, {"format": fmt, "kind": known}, None
+
+    def _agreement(
+        self, mv: Any, devices: list[str] | None, since: float | None, limit: int
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        rows = self._samples(mv, devices, since, limit, labelled=False)
+        if not rows:
+            return None, (
+                f"no samples of {mv.ref} in scope; turn sampling on in the deployment "
+                "(serving.sampling) or look further back"
+            )
+        trained, about, why = self._float_model(mv)
+        if trained is None:
+            return None, why
+        n_in = _n_inputs(trained, mv) or _commonest_length(rows)
+        fits = [k for k, r in enumerate(rows) if _numbers(r.features, n_in)]
+        n_out = 0
+        server = np.zeros((0, 0))
+        if fits:
+            server = np.asarray(
+                trained.scores(np.asarray([rows[k].features for k in fits], dtype=np.float64)),
+                dtype=np.float64,
+            ).reshape(len(fits), -1)
+            n_out = server.shape[1]
+        usable: list[int] = []
+        dev_rows: list[list[float]] = []
+        srv_rows: list[np.ndarray] = []
+        for k, srv in zip(fits, server, strict=True):
+            out = rows[k].outputs
+            if _numbers(out, n_out):
+                dev_rows.append([float(x) for x in out])
+            elif n_out == 2 and _numbers(out, 1):  # one sigmoid score p, as (1 - p, p)
+                dev_rows.append([1.0 - float(out[0]), float(out[0])])
+            else:
+                continue
+            usable.append(k)
+            srv_rows.append(srv)
+        dev = np.asarray(dev_rows, dtype=np.float64).reshape(len(usable), n_out)
+        srv_all = np.asarray(srv_rows, dtype=np.float64).reshape(len(usable), n_out)
+        pos = {k: j for j, k in enumerate(usable)}
+
+        def part(members: list[int]) -> dict[str, Any]:
+            idx = [pos[k] for k in members if k in pos]
+            return {
+                **agreement(dev[idx], srv_all[idx]).to_dict(),
+                "unusable": len(members) - len(idx),
+            }
+
+        offline = {v.name: _share(v.metrics.get("agreement")) for v in mv.variants}
+        by_variant: dict[str, list[int]] = {}
+        by_device: dict[str, list[int]] = {}
+        for k, r in enumerate(rows):
+            by_variant.setdefault(r.variant, []).append(k)
+            by_device.setdefault(r.device_id, []).append(k)
+        return {
+            "float_model": about,
+            "inputs": n_in,
+            "samples": len(rows),
+            "unusable": len(rows) - len(usable),
+            "overall": part(list(range(len(rows)))),
+            "variants": {
+                v: {**part(by_variant[v]), "offline_agreement": offline.get(v)}
+                for v in sorted(by_variant)
+            },
+            "devices": {d: part(by_device[d]) for d in sorted(by_device)},
+        }, None
+
+    def _accuracy(
+        self, mv: Any, devices: list[str] | None, since: float | None, limit: int
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        rows = self._samples(mv, devices, since, limit, labelled=True)
+        if not rows:
+            return None, (
+                f"no labelled samples of {mv.ref} in scope; label some with "
+                "`edgeops labels add` or the API"
+            )
+        version_acc = _share(mv.metrics.get("accuracy"))
+        variant_acc = {v.name: _share(v.metrics.get("accuracy")) for v in mv.variants}
+
+        def part(members: list[Sample]) -> dict[str, Any]:
+            names = {r.variant for r in members}
+            offline = version_acc
+            if len(names) == 1 and variant_acc.get(next(iter(names))) is not None:
+                offline = variant_acc[next(iter(names))]
+            pairs = [(r.predicted, r.label) for r in members]
+            if offline is None:  # nothing to compare with: the on-device side only
+                d = on_device_accuracy(pairs, 0.0).to_dict()
+                d.update(offline_accuracy=None, outside=None, direction=None, shortfall=None)
+                return d
+            return on_device_accuracy(pairs, offline).to_dict()
+
+        by_variant: dict[str, list[Sample]] = {}
+        by_device: dict[str, list[Sample]] = {}
+        for r in rows:
+            by_variant.setdefault(r.variant, []).append(r)
+            by_device.setdefault(r.device_id, []).append(r)
+        return {
+            "labelled": len(rows),
+            "overall": part(rows),
+            "variants": {v: part(by_variant[v]) for v in sorted(by_variant)},
+            "devices": {d: part(by_device[d]) for d in sorted(by_device)},
+        }, None
+
+    def _outliers(
+        self, mv: Any, devices: list[str] | None, since: float | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        from edgeops_protocol.stats import merge_windows
+
+        variants = self._variants(mv, None)
+        if not variants:
+            return [], f"{mv.ref} has no variant with a baseline to count windows over"
+        out: list[dict[str, Any]] = []
+        grouped = 0
+        for v in variants:
+            by_device: dict[str, list[dict[str, Any]]] = {}
+            for w in self._windows(mv, v.name, devices, since, None):
+                by_device.setdefault(w.device_id, []).append(w.stats)
+            grouped = max(grouped, len(by_device))
+            merged = {d: merge_windows(stats) for d, stats in by_device.items()}
+            for r in group_outliers(merged, v.meta["baseline"]):
+                out.append(
+                    {
+                        "device": r.device,
+                        "variant": v.name,
+                        "samples": r.samples,
+                        "outlier": r.outlier,
+                        "flagged": list(r.flagged),
+                        "p": r.min_p_adjusted,
+                        "psi": {t.name: t.psi for t in r.tests if t.name in r.flagged},
+                    }
+                )
+        if out:
+            out.sort(key=lambda o: (o["p"], o["variant"], o["device"]))
+            return out, None
+        if grouped < 2:
+            return [], "fewer than two devices with telemetry in scope: no group to compare with"
+        return [], "no device in scope has 200 predictions of one variant yet"
+
     # --- alerts --------------------------------------------------------------------------
     def observations(
         self, ref: str, scopes: list[str] | None = None, min_count: int = DEFAULT_MIN_COUNT
@@ -240,3 +468,42 @@ class MonitoringService:
                 }
                 for a in rows
             ]
+
+
+def _numbers(values: Any, n: int) -> bool:
+    """``values`` is a list of ``n`` finite numbers (``n`` >= 1)."""
+    return (
+        n >= 1
+        and isinstance(values, list)
+        and len(values) == n
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+        and all(math.isfinite(x) for x in values)
+    )
+
+
+def _share(value: Any) -> float | None:
+    """A recorded accuracy as a share between 0 and 1 (None when it is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0.0 <= value <= 1.0 else None
+
+
+def _n_inputs(trained: Any, mv: Any) -> int | None:
+    """How many inputs the float model takes: the model's own, else the registered features."""
+    if trained.flavor == "sklearn":
+        n = getattr(trained.model, "n_features_in_", None)
+    else:
+        inputs = getattr(trained.model, "inputs", None) or []
+        n = inputs[0].shape[-1] if len(inputs) == 1 else None
+    if isinstance(n, int) and n > 0:
+        return n
+    for v in mv.variants:
+        names = v.meta.get("feature_names") or (v.meta.get("baseline") or {}).get("features")
+        if names:
+            return len(names)
+    return None
+
+
+def _commonest_length(rows: list[Sample]) -> int:
+    lengths = Counter(len(r.features) for r in rows if isinstance(r.features, list) and r.features)
+    return max(lengths, key=lambda n: (lengths[n], n)) if lengths else 0
