@@ -36,6 +36,9 @@ def create_app(ws: Any) -> Any:
 
     app.include_router(registry.router, prefix="/api")
     app.include_router(fleet.router, prefix="/api")
+    from .serving import router as serving_router
+
+    app.include_router(serving_router, prefix="/api")
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from . import features as features_cmds
 from . import fleet as fleet_cmds
 from . import models as models_cmds
 from . import monitor as monitor_cmds
+from . import package as package_cmd
 from . import rollout as rollout_cmds
 from . import runs as runs_cmds
 from . import serve as serve_cmd
@@ -48,6 +49,7 @@ app.command("quantize")(train_cmds.quantize)
 app.command("check")(train_cmds.check)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
+app.command("package")(package_cmd.package)
 
 
 def _version(value: bool) -> None:
