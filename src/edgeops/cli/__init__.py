@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from . import artifacts as artifacts_cmds
+from . import ci as ci_cmds
 from . import data as data_cmds
 from . import demo as demo_cmd
 from . import drift as drift_cmds
@@ -50,6 +51,7 @@ app.command("check")(train_cmds.check)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 app.command("package")(package_cmd.package)
+app.add_typer(ci_cmds.app, name="ci")
 
 
 def _version(value: bool) -> None:

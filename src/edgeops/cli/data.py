@@ -60,6 +60,69 @@ def add(
         console.print(f"Unchanged: identical content is already [bold]{dv.ref}[/]")
 
 
+@app.command("add-from-samples")
+def add_from_samples(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Data set to extend (its latest version).")],
+    since: Annotated[
+        str | None, typer.Option(help="Only samples of the last DURATION, e.g. 7d.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only samples older than DURATION, e.g. 1d.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model: NAME or NAME@VERSION.")] = (
+        None
+    ),
+    device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Version to append to, NAME@VERSION (default: latest).")
+    ] = None,
+    label_column: Annotated[str, typer.Option(help="The table's label column.")] = "label",
+    message: Annotated[str, typer.Option("--message", "-m", help="What changed.")] = "",
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Append the fleet's labelled samples to a data set as its next version.
+
+    Each sample's raw input becomes a row with the data set's columns (a window
+    `ax` fills `ax_000..`); samples already in the base version are left out.
+
+    Example: `edgeops data add-from-samples sensors --since 7d`
+    """
+    import time
+
+    from ..data.from_samples import add_from_samples as add_samples
+    from .rollout import parse_duration
+
+    now = time.time()
+    result = add_samples(
+        workspace(ctx),
+        name,
+        since=now - parse_duration(since, "--since") if since else None,
+        until=now - parse_duration(until, "--until") if until else None,
+        model=model,
+        device=device,
+        base=base,
+        message=message,
+        label_column=label_column,
+    )
+    dv = result.version
+    if json_out:
+        print_json({"created": result.created, **version_dict(dv)})
+        return
+    if not result.created:
+        console.print(f"Unchanged: identical content is already [bold]{dv.ref}[/]")
+        return
+    origin = dv.origin
+    n = len(origin["devices"])
+    console.print(
+        f"Added [bold]{dv.ref}[/]: {origin['samples']} rows from {n} device{'s' * (n != 1)} "
+        f"appended to {origin['base']} ({dv.rows} rows)"
+    )
+    if origin["skipped"]:
+        counts = ", ".join(f"{k} {n}" for k, n in origin["skipped"].items())
+        console.print(f"Skipped: {counts}")
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
@@ -113,6 +176,9 @@ def show(
         return
     head = version_dict(dv)
     head.pop("schema")
+    if "sample_ids" in head["origin"]:  # thousands of ids: --json has them
+        ids = head["origin"]["sample_ids"]
+        head["origin"] = {**head["origin"], "sample_ids": f"{len(ids)} ids (see --json)"}
     head["created_at"] = when(dv.created_at)
     head["versions"] = ", ".join(str(v.version) for v in versions)
     console.print(kv_table(f"Data set {dv.ref}", head))
