@@ -1,13 +1,16 @@
-"""The demo (the README's first command) runs end to end and leaves a complete lineage."""
+"""The demo (the README's first command) runs the whole loop end to end by itself."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from edgeops import Workspace
 from edgeops.demo import run_demo
+from edgeops.localbroker import free_port
 from edgeops.pipeline.run import QuietReporter
+from edgeops.retrain import decisions
 
 
 def test_demo_registers_a_quantized_model_with_lineage(tmp_path):
@@ -30,13 +33,32 @@ def test_demo_registers_a_quantized_model_with_lineage(tmp_path):
         ws.close()
 
 
-def test_demo_cli(tmp_path):
+def test_demo_cli_runs_the_loop_on_a_broker_it_starts(tmp_path):
+    """No broker where the configuration points: the demo starts one, then runs the loop
+    with ten simulated agents: drift, alert, retraining, canary, the fleet on version 2."""
+    env = {**os.environ, "EDGEOPS_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}"}
+    env.pop("EDGEOPS_HOME", None)
+    folder = tmp_path / "d"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeops", "demo", "--dir", str(tmp_path / "d")],
+        [sys.executable, "-m", "edgeops", "demo", "--dir", str(folder), "--devices", "10"],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**env, "COLUMNS": "200"},
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "register           wrist-har@1 (production)" in proc.stdout
-    assert "fully_quantize" not in proc.stdout + proc.stderr  # converter noise is hidden
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr + out
+    assert "started mosquitto at mqtt://127.0.0.1:" in out
+    assert "sensor fault injected on 5 south devices" in out
+    assert "10 devices serve version(s) 2" in out
+    assert "fully_quantize" not in out + proc.stderr  # converter noise is hidden
+    ws = Workspace.open(folder)
+    try:
+        [d] = decisions(ws, "wrist-har")
+        assert (d["trigger"], d["decision"], d["status"]) == ("alert", "canary", "promoted")
+        assert ws.registry.get_version("wrist-har@production").ref == "wrist-har@2"
+        cmp = d["comparison"]["variants"]["tflite-int8"]
+        assert cmp["challenger"]["fleet"]["accuracy"] > cmp["champion"]["fleet"]["accuracy"]
+        assert ws.data.get(d["data"]).origin["kind"] == "fleet_samples"
+    finally:
+        ws.close()

@@ -87,7 +87,9 @@ def default_db_url(home: Path) -> str:
     return f"sqlite:///{(home / '.edgeops' / 'edgeops.db').as_posix()}"
 
 
-def render_config(db_url: str | None = None, mqtt_url: str | None = None) -> str:
+def render_config(
+    db_url: str | None = None, mqtt_url: str | None = None, fleet: str | None = None
+) -> str:
     """The text of a new ``edgeops.toml``."""
     url = db_url or "sqlite:///.edgeops/edgeops.db"
     return (
@@ -97,7 +99,7 @@ def render_config(db_url: str | None = None, mqtt_url: str | None = None) -> str
         'artifacts = ".edgeops/artifacts"\n'
         "\n[mqtt]\n"
         f'url = "{mqtt_url or "mqtt://127.0.0.1:1883"}"\n'
-        'fleet = "default"\n'
+        f'fleet = "{fleet or "default"}"\n'
     )
 
 

@@ -394,7 +394,33 @@ class Registry:
                 {"name": v.name, "format": v.format, "sha256": v.sha256, "size": v.size}
                 for v in mv.variants
             ],
+            "retraining": self._retraining(mv.ref),
         }
+
+    def _retraining(self, ref: str) -> dict[str, Any] | None:
+        """The retraining decision that produced ``ref``, if a retraining did."""
+        from .store.schema import RetrainDecision
+
+        with self.db.session() as s:
+            row = s.execute(
+                select(RetrainDecision)
+                .where(RetrainDecision.challenger_ref == ref)
+                .order_by(RetrainDecision.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            return {
+                "decision_id": row.id,
+                "trigger": row.trigger,
+                "cause": row.cause,
+                "champion": row.champion_ref,
+                "data": row.data_ref,
+                "decision": row.decision,
+                "status": row.status,
+                "reason": row.reason,
+                "rollout": row.rollout_id,
+            }
 
 
 def version_card(mv: ModelVersion, aliases: list[str]) -> dict[str, Any]:

@@ -26,7 +26,11 @@ class Workspace:
 
     @classmethod
     def init(
-        cls, folder: Path | str = ".", db_url: str | None = None, mqtt_url: str | None = None
+        cls,
+        folder: Path | str = ".",
+        db_url: str | None = None,
+        mqtt_url: str | None = None,
+        fleet: str | None = None,
     ) -> tuple[Workspace, bool]:
         """Create ``edgeops.toml`` and the store in ``folder``; ``(workspace, created)``.
 
@@ -41,7 +45,7 @@ class Workspace:
                 (home / ".edgeops").mkdir(exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"cannot create a workspace in {home}: {exc}") from exc
-            text = render_config(db_url, mqtt_url)
+            text = render_config(db_url, mqtt_url, fleet)
             ws = cls(settings_from(home, tomllib.loads(text), os.environ))
             _ = ws.db  # create (or check) the store before the config file marks a workspace
             ws.close()

@@ -18,6 +18,7 @@ from . import fleet as fleet_cmds
 from . import models as models_cmds
 from . import monitor as monitor_cmds
 from . import package as package_cmd
+from . import retrain as retrain_cmds
 from . import rollout as rollout_cmds
 from . import runs as runs_cmds
 from . import serve as serve_cmd
@@ -51,6 +52,7 @@ app.command("check")(train_cmds.check)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 app.command("package")(package_cmd.package)
+app.add_typer(retrain_cmds.app, name="retrain")
 app.add_typer(ci_cmds.app, name="ci")
 
 

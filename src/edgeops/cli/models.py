@@ -248,13 +248,38 @@ def lineage(
             node.add(f"config {r['config']}")
     if lin["dataset"]:
         d = lin["dataset"]
-        tree.add(f"data {d['ref']} ({d['rows']} rows, sha256 {d['sha256'][:12]})")
+        node = tree.add(f"data {d['ref']} ({d['rows']} rows, sha256 {d['sha256'][:12]})")
+        origin = d.get("origin") or {}
+        if origin.get("kind") == "fleet_samples":
+            node.add(
+                f"{origin.get('samples')} labelled fleet samples from "
+                f"{len(origin.get('devices', []))} devices added to {origin.get('base')}"
+            )
     if lin["features"]:
         tree.add(f"features {lin['features']}")
     variants = tree.add("variants")
     for v in lin["variants"]:
         variants.add(f"{v['name']}: {v['format']}, {v['size']} bytes, sha256 {v['sha256'][:12]}")
+    _retraining_chain(workspace(ctx).registry, tree, lin.get("retraining"))
     console.print(tree)
+
+
+def _retraining_chain(registry: Any, tree: Any, step: dict[str, Any] | None) -> None:
+    """Each retraining back to the first version: trigger, champion, decision."""
+    from rich.text import Text
+
+    seen: set[str] = set()
+    while step and step["champion"] not in seen:
+        seen.add(step["champion"])
+        node = tree.add(
+            Text(
+                f"retrained from {step['champion']} (decision {step['decision_id']}, "
+                f"trigger {step['trigger']}): {step['decision']}, {step['status']}"
+            )
+        )
+        node.add(Text(str(step["cause"].get("reason", ""))))
+        node.add(Text(step["reason"]))
+        step = registry.lineage(step["champion"]).get("retraining")
 
 
 @app.command("get")

@@ -72,8 +72,10 @@ def choose_variant(mv: Any, state: dict[str, Any], wanted: str | None = None) ->
                 f"{mv.ref} has no variant {wanted!r}; it has {', '.join(sorted(by_name))}"
             )
         return v if _FORMAT_FAMILY.get(v.format) in families else None
-    for family in families:
-        for name in PREFERENCE.get(family, ()):
+    for family in PREFERENCE:  # in preference order: TFLite first on a device with both
+        if family not in families:
+            continue
+        for name in PREFERENCE[family]:
             if name in by_name:
                 return by_name[name]
     return None

@@ -14,6 +14,7 @@ edgeops). Old steps are kept forever and tested from a version-1 store
    states, rollouts.
 4. monitoring: telemetry windows, samples and labels, ingest counters, alerts.
 5. an index on device events by (fleet, device, seq), for de-duplicating them.
+6. retraining: policies and decisions.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _create(tables_attr: str) -> Callable[[Connection], None]:
@@ -52,4 +53,5 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _create("SCHEMA_3_TABLES"),
     4: _create("SCHEMA_4_TABLES"),
     5: _index_device_events,
+    6: _create("SCHEMA_6_TABLES"),
 }

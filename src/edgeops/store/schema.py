@@ -446,3 +446,41 @@ class Alert(Base):
 
 
 SCHEMA_4_TABLES = ("telemetry_windows", "samples", "ingest_counters", "alerts")
+
+
+class RetrainPolicy(Base):
+    """A model's retraining policy (``edgeops retrain policy set``): its YAML and the parsed
+    document."""
+
+    __tablename__ = "retrain_policies"
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON)
+    author: Mapped[str] = mapped_column(String(128), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RetrainDecision(Base):
+    """One retraining: what triggered it, the champion and challenger compared, what was
+    decided and why, and the canary rollout it started (``models lineage`` shows these)."""
+
+    __tablename__ = "retrain_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    trigger: Mapped[str] = mapped_column(String(32))  # alert, new_data, samples, schedule, manual
+    cause: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    champion_ref: Mapped[str] = mapped_column(String(200))
+    challenger_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    data_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    comparison: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    decision: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # done, canary, promoted, rolled_back
+    reason: Mapped[str] = mapped_column(Text, default="")
+    rollout_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+SCHEMA_6_TABLES = ("retrain_policies", "retrain_decisions")
