@@ -68,6 +68,7 @@ class LocalBroker:
     kind: str  # "mosquitto" or "amqtt"
     proc: subprocess.Popen
     folder: Path
+    config_file: Path | None = None  # a whole Mosquitto config of the caller's
 
     @property
     def url(self) -> str:
@@ -85,7 +86,9 @@ class LocalBroker:
     def restart(self) -> None:
         """Stop and start again on the same port (persistence kept for Mosquitto)."""
         self.stop()
-        new = start_broker(self.folder, port=self.port, persistence=True, kind=self.kind)
+        new = start_broker(
+            self.folder, self.port, True, kind=self.kind, config_file=self.config_file
+        )
         self.proc = new.proc
 
 
@@ -110,6 +113,17 @@ def _mosquitto_config(folder: Path, port: int, persistence: bool, extra: str) ->
     return conf
 
 
+def _own_config(folder: Path, config_file: Path) -> Path:
+    """A copy of a caller's Mosquitto config; as root, with ``user root`` as above (the
+    broker would read its password and ACL files as the mosquitto user)."""
+    text = Path(config_file).read_text()
+    if os.geteuid() == 0 and not any(ln.startswith("user ") for ln in text.splitlines()):
+        text = "user root\n" + text
+    conf = folder / "mosquitto-own.conf"
+    conf.write_text(text)
+    return conf
+
+
 _AMQTT = (
     "import asyncio\n"
     "from amqtt.broker import Broker\n"
@@ -127,20 +141,30 @@ def start_broker(
     persistence: bool = True,
     extra_config: str = "",
     kind: str | None = None,
+    config_file: Path | None = None,
 ) -> LocalBroker:
     """Start a broker in ``folder`` (``kind``: "mosquitto", "amqtt", or None for the first
-    that is installed)."""
+    that is installed).
+
+    ``config_file``: run Mosquitto with this config instead of the generated one (e.g.
+    the one ``edgeops broker config`` writes); ``port`` must be one of its listeners.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if config_file is not None and (port is None or kind == "amqtt"):
+        raise BrokerUnavailable("a config_file needs Mosquitto and the port it listens on")
     port = port or free_port()
     mosquitto = find_mosquitto() if kind in (None, "mosquitto") else None
     if mosquitto:
-        conf = _mosquitto_config(folder, port, persistence, extra_config)
+        if config_file is not None:
+            conf = _own_config(folder, config_file)
+        else:
+            conf = _mosquitto_config(folder, port, persistence, extra_config)
         log = open(folder / "mosquitto.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=log)
         _wait_listening(port, proc)
-        return LocalBroker("127.0.0.1", port, "mosquitto", proc, folder)
-    if kind == "mosquitto":
+        return LocalBroker("127.0.0.1", port, "mosquitto", proc, folder, config_file)
+    if kind == "mosquitto" or config_file is not None:
         raise BrokerUnavailable("Mosquitto is not installed; apt-get install mosquitto")
     try:
         import amqtt  # noqa: F401 - only to say clearly that it is missing

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import BrokerUnavailable, ConfigError
 
@@ -55,7 +55,11 @@ class Message:
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
-    """``(host, port, username, password, tls)`` of ``mqtt://[user:pass@]host[:port]``."""
+    """``(host, port, username, password, tls)`` of ``mqtt://[user:pass@]host[:port]``.
+
+    ``mqtts://`` checks the broker's certificate against the system's CAs, or against
+    the PEM file of ``mqtts://host:port?ca_file=/path/ca.pem``.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp") or not parts.hostname:
         raise ConfigError(f"bad MQTT URL {url!r}; use mqtt://host:port (or mqtts://)")
@@ -110,8 +114,8 @@ class MqttClient:
         self.client.max_queued_messages_set(0)
         if user:
             self.client.username_pw_set(user, password)
-        if tls:
-            self.client.tls_set()
+        if tls:  # system CAs, or the one named by ?ca_file=PATH (e.g. the fleet CA)
+            self.client.tls_set(ca_certs=parse_qs(urlsplit(url).query).get("ca_file", [None])[0])
         self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queue)
         self.dropped = 0
         self.connections = 0  # connections made so far; Message.conn refers to these

@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from . import artifacts as artifacts_cmds
+from . import broker as broker_cmds
 from . import ci as ci_cmds
 from . import data as data_cmds
 from . import demo as demo_cmd
@@ -54,6 +55,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("package")(package_cmd.package)
 app.add_typer(retrain_cmds.app, name="retrain")
 app.add_typer(ci_cmds.app, name="ci")
+app.add_typer(broker_cmds.app, name="broker")
 
 
 def _version(value: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from ..fleet.store import device_summary as device_dict
 from ._common import JSON_HELP, console, kv_table, print_json, table, when, workspace
 
-app = typer.Typer(help="Devices of the fleet: list, show, tag.", no_args_is_help=True)
+app = typer.Typer(help="Devices of the fleet: list, show, tag, provision.", no_args_is_help=True)
 keys_app = typer.Typer(help="The fleet's manifest signing key.", no_args_is_help=True)
 
 SYNC_HELP = "Read the devices' retained state from the broker first (default: yes)."
@@ -125,6 +126,75 @@ def tag(
     """
     now = fleet_store(ctx).tag(device, tags, remove=remove)
     console.print(f"{device}: tags {', '.join(now) or '(none)'}")
+
+
+@app.command("provision")
+def provision(
+    ctx: typer.Context,
+    device: Annotated[str, typer.Argument(help="Device id: also its MQTT username.")],
+    tags: Annotated[
+        str | None, typer.Option(help="Comma-separated tags, e.g. lab,floor-2.")
+    ] = None,
+    hardware: Annotated[
+        str | None, typer.Option(help="Hardware name, e.g. rpi4. Default: generic-linux.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for agent.toml. Default: ./DEVICE.")
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="Broker URL the device uses. Default: mqtts://<host of the workspace's "
+            "MQTT URL>:8883."
+        ),
+    ] = None,
+    ca_file: Annotated[
+        str | None,
+        typer.Option(
+            help="CA certificate the device checks the broker against (copied next to "
+            "agent.toml), or 'system'. Default for mqtts://: the fleet CA."
+        ),
+    ] = None,
+    cert: Annotated[
+        bool, typer.Option("--cert", help="Also issue a client certificate from the fleet CA.")
+    ] = False,
+    state_dir: Annotated[
+        str, typer.Option(help="The agent's state folder on the device.")
+    ] = "/var/lib/edgeops-agent",
+    force: Annotated[
+        bool, typer.Option("--force", help="Provision again: a new password (and certificate).")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Create a device's identity: MQTT login, optional client certificate, agent.toml.
+
+    The password is written only into agent.toml (mode 0600); the workspace keeps its
+    hash for `edgeops broker config`, which must run again before the device can log in.
+
+    Example: `edgeops fleet provision pi-07 --tags lab,floor-2 --hardware rpi4 --out pi-07/`
+    """
+    from ..fleet.provision import provision_device
+
+    result = provision_device(
+        workspace(ctx).settings,
+        device,
+        out=out or Path(device),
+        tags=tuple(t.strip() for t in (tags or "").split(",") if t.strip()),
+        hardware=hardware,
+        broker=broker,
+        ca_file=ca_file,
+        cert=cert,
+        state_dir=state_dir,
+        force=force,
+    )
+    if json_out:
+        print_json(result.summary())
+        return
+    verb = "Re-provisioned (new password)" if result.rotated else "Provisioned"
+    console.print(f"{verb} {device} in fleet {result.fleet}; files in {result.out}:")
+    for path in result.files.values():
+        console.print(f"  {path}", markup=False, highlight=False)
+    console.print("Run `edgeops broker config` and reload the broker so that it accepts the login.")
 
 
 @keys_app.command("generate")
