@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgeops.api import create_app
+from edgeops.auth import Role, TokenStore
 
 
 @pytest.fixture
@@ -24,7 +25,8 @@ def client(ws, tmp_path):
     )
     ws.registry.register("iris", save_sklearn(model), "skops")
     ws.registry.set_alias("iris@1", "production")
-    with TestClient(create_app(ws)) as c:
+    token, _ = TokenStore(ws.db).create("api-tests", Role.VIEWER)
+    with TestClient(create_app(ws), headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
 
 

@@ -18,6 +18,7 @@ from conftest import store_snapshot
 from edgeops.api import create_app
 from edgeops.api import monitoring as monitoring_api
 from edgeops.api.metrics import Family, exposition
+from edgeops.auth import Role, TokenStore
 from edgeops.dashboard.sample_data import (
     FEATURES,
     LABELS,
@@ -82,7 +83,8 @@ def fx(ws):
     assert (res.accepted["telemetry"], res.accepted["samples"], res.rejected) == (12, 3, {})
     app = create_app(ws)
     app.dependency_overrides[monitoring_api.clock] = lambda: NOW
-    with TestClient(app) as client:
+    token, _ = TokenStore(ws.db).create("api-tests", Role.OPERATOR)
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
         yield Fx(ws, client, model, stats, samples)
 
 

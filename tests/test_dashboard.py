@@ -1,8 +1,9 @@
 """The dashboard in a real browser: headless Chromium (Playwright) against ``create_app``
 served by uvicorn over the demo fleet of ``edgeops.dashboard.sample_data`` (SQLite).
 
-Every test also checks that the page logged no console error, raised no exception and
-asked no host but this server for anything. Without Chromium or Playwright the tests are
+Each browser signs in with a viewer token first. Every test also checks that the page
+logged no console error, raised no exception and asked no host but this server for
+anything. Without Chromium or Playwright the tests are
 skipped locally and FAIL in CI (``CI`` set).
 """
 
@@ -51,6 +52,7 @@ def served(tmp_path_factory):
         _need(f"Chromium ({CHROMIUM})")
     from edgeops import Workspace
     from edgeops.api import create_app
+    from edgeops.auth import Role, TokenStore
 
     home = tmp_path_factory.mktemp("dashboard")
     with pytest.MonkeyPatch.context() as mp:
@@ -59,9 +61,10 @@ def served(tmp_path_factory):
         ws, _ = Workspace.init(home / "ws", db_url=f"sqlite:///{home / 'edgeops.db'}")
     built = build_sample_fleet(ws, now=time.time())
     _add_markup_model(ws)
+    token, _ = TokenStore(ws.db).create("dashboard-tests", Role.VIEWER)
     with serving(create_app(ws)) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield {"url": url, "browser": browser, "built": built, "ws": ws}
+        yield {"url": url, "browser": browser, "built": built, "ws": ws, "token": token}
         browser.close()
     ws.close()
 
@@ -100,8 +103,9 @@ def _add_markup_model(ws) -> None:
 class Browser:
     """A page that records console errors, page errors and every request's host."""
 
-    def __init__(self, served) -> None:
+    def __init__(self, served, login: bool = True) -> None:
         self.url = served["url"]
+        self.token = served["token"]
         self.context = served["browser"].new_context(viewport={"width": 1400, "height": 1000})
         self.errors: list[str] = []
         self.foreign: list[str] = []
@@ -110,6 +114,11 @@ class Browser:
         self.page = self.context.new_page()
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        if login:  # the token stays in the tab's sessionStorage for every page opened later
+            self.page.goto(f"{self.url}/?refresh=0")
+            self.page.fill("#token-input", self.token)
+            self.page.click("#login-form button[type=submit]")
+            self.page.wait_for_selector("body[data-ready='1']", timeout=30_000)
 
     def _route(self, route) -> None:
         url = route.request.url
@@ -127,7 +136,9 @@ class Browser:
 
     def api(self, path: str, **query):
         q = f"?{urlencode(query)}" if query else ""
-        with urllib.request.urlopen(f"{self.url}{path}{q}", timeout=30) as r:
+        auth = {"Authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(f"{self.url}{path}{q}", headers=auth)
+        with urllib.request.urlopen(request, timeout=30) as r:
             return json.load(r)
 
     def attrs(self, selector: str, *names: str) -> list[list[str | None]]:
@@ -281,3 +292,32 @@ def test_the_page_refreshes_itself(browser):
     browser.page.wait_for_selector("body[data-refreshes='3']", timeout=30_000)
     assert browser.page.locator("[data-chart='heatmap']").count() == 1
     browser.check()
+
+
+def test_the_page_asks_for_a_token_before_it_fetches_any_data(served):
+    b = Browser(served, login=False)
+    try:
+        b.page.goto(f"{b.url}/?refresh=0")
+        b.page.wait_for_selector("#login-form", state="visible")
+        assert b.page.locator("main").is_hidden()
+        paths = {urlsplit(u).path for u in b.requested if u.startswith("http")}
+        assert paths == {"/", "/static/dashboard.css", "/static/dashboard.js", "/api/health"}
+        b.page.fill("#token-input", "eo_not-a-token")
+        b.page.click("#login-form button[type=submit]")
+        b.page.wait_for_selector("#login-form", state="visible")
+        b.page.wait_for_function("document.getElementById('login-error').textContent !== ''")
+        assert b.page.text_content("#login-error").startswith("unknown token")
+        assert b.page.evaluate("sessionStorage.getItem('edgeops.token')") is None
+        b.page.fill("#token-input", b.token)
+        b.page.click("#login-form button[type=submit]")
+        b.page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert b.page.get_attribute("[data-stat='devices-total']", "data-value") == str(
+            len(DEVICES)
+        )
+        b.page.click("#sign-out")
+        b.page.wait_for_selector("#login-form", state="visible")
+        assert b.page.evaluate("sessionStorage.getItem('edgeops.token')") is None
+        assert b.foreign == []
+        assert [e for e in b.errors if "401" not in e] == []  # the refused token's request
+    finally:
+        b.context.close()

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from conftest import store_snapshot
 from edgeops.api import create_app
+from edgeops.auth import Role, TokenStore
 from edgeops.cli import app as cli_app
 from edgeops.datasets import sensor_windows, write_table
 from edgeops.pipeline import parse_pipeline
@@ -136,7 +137,8 @@ def har(ws):
     frame = _setup(ws)
     ref = _train(ws, alias="production")
     assert ref == "har@1"
-    with TestClient(create_app(ws)) as client:
+    token, _ = TokenStore(ws.db).create("api-tests", Role.OPERATOR)
+    with TestClient(create_app(ws), headers={"Authorization": f"Bearer {token}"}) as client:
         yield ws, frame, client
 
 
@@ -447,7 +449,8 @@ def test_tflite_int8_variant_is_served_by_default_and_packaged(keras_ws, tmp_pat
     ws, frame = keras_ws
     rows = _rows(frame, 5)
     _, expected = _expected(ws, "har-k@1", "tflite-int8", rows)
-    with TestClient(create_app(ws)) as client:
+    token, _ = TokenStore(ws.db).create("api-tests", Role.OPERATOR)
+    with TestClient(create_app(ws), headers={"Authorization": f"Bearer {token}"}) as client:
         r = client.post("/api/models/har-k/1/predict", json={"inputs": rows})
         assert r.status_code == 200, r.text
         _check(r.json(), expected, "har-k@1", "tflite-int8")

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from . import audit
 from .artifacts import ArtifactStore
 from .config import current_user
 from .errors import Conflict, InvalidInput, NotFound
@@ -243,6 +244,9 @@ class Registry:
                     to_version=mv.version,
                     author=current_user(),
                 )
+            )
+            audit.record(
+                s, "alias.move", f"{mv.model.name}@{alias}", {"from": before, "to": mv.version}
             )
             return AliasMove(mv.model.name, alias, before, mv.version)
 

@@ -1,5 +1,7 @@
 """The FastAPI application: one router per resource, library errors as HTTP statuses, the
-dashboard's static files at ``/`` and ``/static/``, Prometheus metrics at ``/metrics``."""
+dashboard's static files at ``/`` and ``/static/``, Prometheus metrics at ``/metrics``.
+
+Every route but the public ones needs an API token with a role (:mod:`.access`)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ from ..errors import EdgeopsError, MissingExtra
 __all__ = ["create_app"]
 
 
-def create_app(ws: Any) -> Any:
-    """The API for workspace ``ws`` (its stores are opened now, not on the first request)."""
+def create_app(ws: Any, *, auth: bool = True) -> Any:
+    """The API for workspace ``ws`` (its stores are opened now, not on the first request).
+
+    ``auth=False`` lets every request act as an admin: for ``edgeops serve --no-auth`` on
+    the loopback interface only."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -19,7 +24,10 @@ def create_app(ws: Any) -> Any:
     except ModuleNotFoundError as exc:
         raise MissingExtra("fastapi", "server") from exc
     from .. import __version__, dashboard
-    from . import fleet, metrics, monitoring, registry
+    from ..auth import Role, TokenStore, Unauthenticated
+    from ..config import current_user
+    from . import access, fleet, metrics, monitoring, registry
+    from . import audit as audit_api
 
     _ = ws.db, ws.registry, ws.data, ws.features, ws.runs  # open once, before threads start
     app = FastAPI(
@@ -28,6 +36,17 @@ def create_app(ws: Any) -> Any:
         description="Registry, fleet, rollouts, telemetry and drift of an edgeops workspace.",
     )
     app.state.ws = ws
+    app.state.auth = auth
+    app.state.tokens = TokenStore(ws.db)
+    app.state.no_auth_principal = access.Principal(f"{current_user()} (no auth)", Role.ADMIN)
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+        return JSONResponse(
+            status_code=401,
+            content={"error": str(exc), "kind": "Unauthenticated"},
+            headers={"WWW-Authenticate": _challenge(request)},
+        )
 
     @app.exception_handler(EdgeopsError)
     async def _edgeops_error(request: Request, exc: EdgeopsError) -> JSONResponse:
@@ -48,15 +67,23 @@ def create_app(ws: Any) -> Any:
     from .serving import router as serving_router
 
     app.include_router(serving_router, prefix="/api")
+    app.include_router(audit_api.router, prefix="/api")
     app.include_router(metrics.router)
     app.include_router(dashboard.router())
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, Any]:
-        """Liveness and the store's schema version."""
-        return {"ok": True, "version": __version__, "schema": ws.db.schema_version()}
+        """Liveness, the store's schema version, and whether requests need a token (public)."""
+        return {"ok": True, "version": __version__, "schema": ws.db.schema_version(), "auth": auth}
 
+    access.check_routes(app.routes)
     return app
+
+
+def _challenge(request: Any) -> str:
+    """``WWW-Authenticate`` of a 401 (RFC 6750): ``invalid_token`` when one was sent."""
+    sent = request.headers.get("authorization", "").lower().startswith("bearer ")
+    return 'Bearer realm="edgeops", error="invalid_token"' if sent else 'Bearer realm="edgeops"'
 
 
 def validation_message(exc: Any) -> str:

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from .access import VIEWER
 from .deps import workspace
 
-router = APIRouter(tags=["fleet"])
+router = APIRouter(tags=["fleet"], dependencies=[VIEWER])
 
 
 def _fleet(ws: Any) -> Any:

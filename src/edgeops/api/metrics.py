@@ -16,12 +16,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
 from ..errors import EdgeopsError
+from .access import VIEWER
 from .deps import workspace
 from .monitoring import active_rollouts, clock, deployed, service
 
 __all__ = ["CONTENT_TYPE", "DRIFT_WINDOW_S", "Family", "exposition", "router"]
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], dependencies=[VIEWER])
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DRIFT_WINDOW_S = 3600.0

@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInput, NotFound
+from .access import OPERATOR, VIEWER
 from .deps import workspace
 
-router = APIRouter(tags=["monitoring"])
+router = APIRouter(tags=["monitoring"], dependencies=[VIEWER])
 
 SCOPE_HELP = "fleet, device:ID[,ID] or tag:T[+tag:U]."
 TIME_HELP = "Unix seconds, or a duration before now such as 90s, 15m, 1h, 7d."
@@ -436,7 +437,9 @@ def list_alerts(
     return finite(rows)
 
 
-@router.post("/models/{name}/{ref}/alerts/evaluate", response_model=Evaluation)
+@router.post(
+    "/models/{name}/{ref}/alerts/evaluate", response_model=Evaluation, dependencies=[OPERATOR]
+)
 def evaluate_alerts(name: str, ref: str, ws: Any = Depends(workspace)) -> dict[str, Any]:
     """Run the alert rules on the version's telemetry now: the alerts opened and closed."""
     svc = service(ws)
@@ -485,6 +488,7 @@ def list_samples(
     "/labels",
     response_model=LabelOut,
     responses={400: {"model": Error}, 404: {"model": Error}},
+    dependencies=[OPERATOR],
 )
 def add_label(body: LabelIn = Body(...), ws: Any = Depends(workspace)) -> Any:
     """Ground truth for a sampled prediction (a later label replaces an earlier one).

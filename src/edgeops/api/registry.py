@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Query
 
 from ..registry import version_card
 from ..runs import run_record
+from .access import VIEWER
 from .deps import workspace
 
-router = APIRouter(tags=["registry"])
+router = APIRouter(tags=["registry"], dependencies=[VIEWER])
 
 
 @router.get("/models")

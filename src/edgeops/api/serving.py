@@ -17,9 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..errors import EdgeopsError, InvalidInput
 from ..serving import InputError, ModelError, PredictorCache, parse_request
+from .access import OPERATOR
 from .deps import workspace
 
-router = APIRouter(tags=["serving"])
+router = APIRouter(tags=["serving"], dependencies=[OPERATOR])
 _CACHE_LOCK = threading.Lock()
 
 _NUMBERS = {"type": "array", "items": {"type": "number"}}

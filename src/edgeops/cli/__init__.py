@@ -23,6 +23,7 @@ from . import retrain as retrain_cmds
 from . import rollout as rollout_cmds
 from . import runs as runs_cmds
 from . import serve as serve_cmd
+from . import tokens as tokens_cmds
 from . import train as train_cmds
 from ._common import EdgeopsGroup, console, kv_table, print_json
 
@@ -40,6 +41,7 @@ app.add_typer(features_cmds.app, name="features")
 app.add_typer(runs_cmds.app, name="runs")
 app.add_typer(fleet_cmds.app, name="fleet")
 app.add_typer(fleet_cmds.keys_app, name="keys")
+app.add_typer(broker_cmds.app, name="broker")
 app.add_typer(rollout_cmds.app, name="rollout")
 app.add_typer(drift_cmds.app, name="drift")
 app.command("controller")(rollout_cmds.controller_cmd)
@@ -55,7 +57,8 @@ app.command("serve")(serve_cmd.serve)
 app.command("package")(package_cmd.package)
 app.add_typer(retrain_cmds.app, name="retrain")
 app.add_typer(ci_cmds.app, name="ci")
-app.add_typer(broker_cmds.app, name="broker")
+app.add_typer(tokens_cmds.app, name="tokens")
+app.add_typer(tokens_cmds.audit_app, name="audit")
 
 
 def _version(value: bool) -> None:

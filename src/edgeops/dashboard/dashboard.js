@@ -6,11 +6,18 @@
 // Query string: ?refresh=SECONDS (0: off; default 30), ?model=NAME, ?version=REF,
 // ?variant=NAME, ?scope=fleet|tag:T|device:ID, ?since=1h|6h|24h|7d|"" (everything),
 // ?feature=NAME, ?buckets=N.
+//
+// The API needs a token (docs/security.md): the sign-in form keeps it in sessionStorage
+// (this tab only, gone when it closes) and every request sends it as
+// "Authorization: Bearer <token>". Nothing but the public api/health is fetched before.
 "use strict";
 
 (function () {
   const SVG_NS = "http://www.w3.org/2000/svg";
   const params = new URLSearchParams(window.location.search);
+  const TOKEN_KEY = "edgeops.token";
+  let timer = null;
+  let needsToken = true;
   const refreshSeconds = numberParam("refresh", 30, 0, 86400);
   const state = {
     model: params.get("model"),
@@ -78,12 +85,42 @@
   }
 
   async function api(path, options) {
-    const r = await fetch(path, Object.assign({ headers: { Accept: "application/json" } },
-      options || {}));
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (needsToken && token) headers.Authorization = `Bearer ${token}`;
+    const r = await fetch(path, Object.assign({}, options || {}, { headers }));
     let body = null;
     try { body = await r.json(); } catch (e) { body = null; }
-    if (!r.ok) throw new Error((body && body.error) || `${r.status} ${r.statusText}`);
+    const message = (body && body.error) || `${r.status} ${r.statusText}`;
+    if (r.status === 401 && needsToken) signOut(message);
+    if (!r.ok) throw new Error(message);
     return body;
+  }
+
+  // --- sign-in --------------------------------------------------------------------------
+  function showLogin(message) {
+    if (timer !== null) window.clearInterval(timer);
+    timer = null;
+    document.querySelector("main").hidden = true;
+    $("picker").hidden = true;
+    $("sign-out").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    $("token-input").focus();
+  }
+  function signOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showLogin(message);
+  }
+  function start() {
+    $("login").hidden = true;
+    document.querySelector("main").hidden = false;
+    $("picker").hidden = false;
+    $("sign-out").hidden = !needsToken;
+    refresh();
+    if (refreshSeconds > 0 && timer === null) {
+      timer = window.setInterval(refresh, refreshSeconds * 1000);
+    }
   }
   function query(obj) {
     const q = new URLSearchParams();
@@ -533,7 +570,22 @@
         $("distribution").removeAttribute("aria-busy");
       }
     });
-    refresh();
-    if (refreshSeconds > 0) window.setInterval(refresh, refreshSeconds * 1000);
+    $("login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("token-input").value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      $("token-input").value = "";
+      start();
+    });
+    $("sign-out").addEventListener("click", () => signOut(""));
+    fetch("api/health", { headers: { Accept: "application/json" } })
+      .then((r) => r.json())
+      .then((h) => { needsToken = h.auth !== false; })
+      .catch(() => { needsToken = true; })
+      .then(() => {
+        if (!needsToken || sessionStorage.getItem(TOKEN_KEY)) start();
+        else showLogin("");
+      });
   });
 })();

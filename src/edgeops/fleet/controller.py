@@ -26,6 +26,7 @@ from edgeops_protocol.chunks import describe_chunks
 from edgeops_protocol.messages import parse_event, parse_state
 from edgeops_protocol.topics import ProtocolError, device_filter, device_topic, parse_device_topic
 
+from .. import audit
 from ..errors import Conflict, InvalidInput, NotFound
 from ..monitoring.gates import GateVerdict, QualityGates
 from ..rollout import (
@@ -162,6 +163,17 @@ class RolloutController:
                     requests=[{"op": "start"}],
                 )
             )
+            audit.record(
+                s,
+                "rollout.create",
+                rid,
+                {
+                    "model": mv.ref,
+                    "selector": selector,
+                    "devices": len(targets),
+                    "stages": plan.stages,
+                },
+            )
 
         self.ws.db.write(write)
         return rid
@@ -192,6 +204,7 @@ class RolloutController:
             if r.status in TERMINAL and not (op == "rollback" and r.status == "completed"):
                 raise Conflict(f"rollout {rollout_id} is {r.status}; nothing to {op}")
             r.requests = [*r.requests, {"op": op, "reason": reason}]
+            audit.record(s, f"rollout.{op}", rollout_id, {"reason": reason})
 
         self.ws.db.write(write)
 

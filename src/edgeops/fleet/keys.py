@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgeops_protocol.manifest import generate_keypair, key_id, public_key_of
 
+from .. import audit
 from ..errors import ConfigError, Conflict, NotFound
 from ..fsutil import atomic_write_bytes
 
@@ -49,6 +50,7 @@ def generate_key(keys_dir: Path, force: bool = False) -> SigningKey:
     keys_dir.chmod(0o700)
     atomic_write_bytes(private_path, base64.b64encode(private) + b"\n", mode=0o600)
     atomic_write_bytes(public_path, base64.b64encode(public) + b"\n", mode=0o644)
+    audit.key_generated(keys_dir, key_id(public), base64.b64encode(public).decode(), force)
     return SigningKey(private, public)
 
 

@@ -40,6 +40,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import audit
 from ..errors import InvalidInput, NotFound
 from ..store.schema import RetrainDecision
 from .policy import RetrainPolicy
@@ -100,6 +101,21 @@ def _record(ws: Any, **fields: Any) -> dict[str, Any]:
         row = RetrainDecision(fleet=fleet, **fields)
         s.add(row)
         s.flush()
+        audit.record(
+            s,
+            "retrain.decision",
+            row.model,
+            {
+                "id": row.id,
+                "trigger": row.trigger,
+                "decision": row.decision,
+                "status": row.status,
+                "champion": row.champion_ref,
+                "challenger": row.challenger_ref,
+                "rollout": row.rollout_id,
+                "reason": row.reason,
+            },
+        )
         return row.id
 
     did = ws.db.write(write)

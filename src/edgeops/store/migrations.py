@@ -15,6 +15,7 @@ edgeops). Old steps are kept forever and tested from a version-1 store
 4. monitoring: telemetry windows, samples and labels, ingest counters, alerts.
 5. an index on device events by (fleet, device, seq), for de-duplicating them.
 6. retraining: policies and decisions.
+7. access: API tokens (hashes only) and the audit log.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _create(tables_attr: str) -> Callable[[Connection], None]:
@@ -54,4 +55,5 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _create("SCHEMA_4_TABLES"),
     5: _index_device_events,
     6: _create("SCHEMA_6_TABLES"),
+    7: _create("SCHEMA_7_TABLES"),
 }

@@ -484,3 +484,44 @@ class RetrainDecision(Base):
 
 
 SCHEMA_6_TABLES = ("retrain_policies", "retrain_decisions")
+
+
+class ApiToken(Base):
+    """A token of the HTTP API (``edgeops tokens create``): only the SHA-256 of the token is
+    stored, never the token. A name belongs to one unrevoked token at a time."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # viewer, operator, admin
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+Index(
+    "ux_api_tokens_live_name",
+    ApiToken.name,
+    unique=True,
+    sqlite_where=ApiToken.revoked_at.is_(None),
+    postgresql_where=ApiToken.revoked_at.is_(None),
+)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: rollouts, alias moves, retraining decisions, keys, tokens.
+    Written in the transaction of the change it describes (see ``edgeops.audit``)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # CLI user, or the API token's name
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. alias.move
+    subject: Mapped[str] = mapped_column(String(200))  # e.g. wrist@production, r-1a2b3c4d
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+SCHEMA_7_TABLES = ("api_tokens", "audit_log")
