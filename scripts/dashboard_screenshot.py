@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeops import Workspace
     from edgeops.api import create_app
+    from edgeops.auth import Role, TokenStore
     from edgeops.dashboard.sample_data import build_sample_fleet, serving
 
     logging.getLogger("edgeops.collector").setLevel(logging.ERROR)  # the demo's rejects
@@ -47,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         ws, _ = Workspace.init(Path(tmp) / "demo")
         try:
             built = build_sample_fleet(ws, now=time.time())
+            token, _ = TokenStore(ws.db).create("screenshot", Role.VIEWER)
             with serving(create_app(ws)) as url, sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 page.goto(f"{url}/?refresh=0")
+                page.fill("#token-input", token)  # sign in as a viewer
+                page.click("#login-form button[type=submit]")
                 page.wait_for_selector("body[data-ready='1']", timeout=30_000)
                 page.wait_for_selector("[data-chart='heatmap']")
                 args.out.parent.mkdir(parents=True, exist_ok=True)

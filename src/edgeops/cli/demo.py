@@ -82,10 +82,13 @@ def _serve_dashboard(port: int) -> Any:
         import uvicorn
 
         from ..api import create_app
+        from ..auth import Role, TokenStore
 
+        token, _ = TokenStore(ws.db).create("demo-dashboard", Role.VIEWER)
         console.print(
             f"Dashboard on http://127.0.0.1:{port}/ with the fleet still running; Ctrl-C to end"
         )
+        console.print(f"Sign in with this viewer token (shown once): {token}", markup=False)
         uvicorn.run(create_app(ws), host="127.0.0.1", port=port, log_level="warning")
 
     return on_ready
