@@ -218,7 +218,7 @@ def test_alerts_table_lists_the_stored_alerts(browser, served):
     browser.open()
     rows = browser.attrs("[data-table='alerts'] tbody tr", "data-alert-id", "data-status")
     stored = browser.api("/api/alerts", status="open")
-    assert len(stored) == served["built"].alerts_opened == 8
+    assert len(stored) == served["built"].alerts_opened == 12  # fleet, tag, device, group
     assert rows == [[str(a["id"]), "open"] for a in stored]
     reasons = browser.page.eval_on_selector_all(
         "[data-table='alerts'] tbody tr td:last-child", "els => els.map(e => e.textContent)"
@@ -235,7 +235,7 @@ def test_overview_shows_devices_versions_rollout_and_alert_counts(browser, serve
         return browser.page.get_attribute(f"[data-stat='{name}']", "data-value")
 
     assert (stat("devices-online"), stat("devices-total")) == ("5", str(len(DEVICES)))
-    assert (stat("alerts-open"), stat("rollouts-active")) == ("8", "1")
+    assert (stat("alerts-open"), stat("rollouts-active")) == ("12", "1")
     assert stat("windows") == str(served["built"].windows + 1)  # and the xss model's one
     assert browser.attrs("[data-deployed]", "data-deployed", "data-devices") == [
         ["har@1", "4"],

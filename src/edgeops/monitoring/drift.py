@@ -46,8 +46,10 @@ probability at most :data:`DEFAULT_ALPHA`, however many features the model has.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -80,7 +82,9 @@ __all__ = [
     "drift_report",
     "histogram_quantile",
     "merge_scope",
+    "reporting_period",
     "select_windows",
+    "time_slices",
 ]
 
 DEFAULT_ALPHA = 0.005  # chance that the drift rule flags anything when nothing drifted
@@ -515,3 +519,85 @@ def merge_scope(
         return merge_windows(stats)
     except ValueError as exc:
         raise InvalidInput(f"cannot merge these windows: {exc}; select one model variant") from exc
+
+
+def _record_count(r: Mapping[str, Any]) -> int:
+    return int(r["count"]) if "count" in r else int(r["stats"]["count"])
+
+
+def reporting_period(records: Iterable[Mapping[str, Any]]) -> float:
+    """How often the devices of a group close a window: the median over devices of each
+    device's median time between consecutive window ends (a device with one window: that
+    window's ``end - start``). ``0.0`` when no device gives a positive time.
+
+    >>> recs = [{"device": d, "start": t - 60, "end": t} for d, t0 in (("a", 0), ("b", 20))
+    ...         for t in (t0 + 60, t0 + 120, t0 + 180)]
+    >>> reporting_period(recs)
+    60.0
+    """
+    by_device: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        by_device.setdefault(str(r["device"]), []).append(r)
+    periods = []
+    for rs in by_device.values():
+        ends = sorted(float(r["end"]) for r in rs)
+        gaps = [b - a for a, b in pairwise(ends) if b > a]
+        if not gaps:
+            gaps = [
+                float(r["end"]) - float(r["start"])
+                for r in rs
+                if r.get("start") is not None and float(r["end"]) > float(r["start"])
+            ]
+        if gaps:
+            periods.append(float(np.median(gaps)))
+    return float(np.median(periods)) if periods else 0.0
+
+
+def time_slices(
+    records: Iterable[Mapping[str, Any]],
+    min_count: int,
+    width: float | None = None,
+) -> list[list[Mapping[str, Any]]]:
+    """A group's windows (``tag:T``, the fleet) as consecutive time slices, oldest first.
+
+    Records are mappings with ``device``, ``end`` (and ``start``) and ``count`` or
+    ``stats``, as for :func:`select_windows`. Time is cut into cells of ``width`` seconds
+    (default: :func:`reporting_period`, so that a device closes about one window per cell)
+    anchored at the newest window end ``T``: cell ``k`` holds the windows whose end lies in
+    ``(T - (k + 1) * width, T - k * width]``, each window whole. From the newest cell back,
+    cells are joined until a slice holds ``min_count`` predictions; the oldest slice may
+    hold fewer. So each slice is the whole group's traffic over a stretch of time, not the
+    window of whichever device reported last, and the drift rule's "last window" and "last
+    two windows" become the last slice and the last two. With ``width`` 0, every distinct
+    end time is a cell of its own.
+
+    >>> recs = [{"device": d, "start": t - 60, "end": t, "count": 100}
+    ...         for t0, d in ((0, "a"), (20, "b"), (40, "c")) for t in (t0 + 60, t0 + 120)]
+    >>> [[r["device"] for r in s] for s in time_slices(recs, 250)]
+    [['a', 'b', 'c'], ['a', 'b', 'c']]
+    """
+    recs = sorted(records, key=lambda r: float(r["end"]))
+    if not recs:
+        return []
+    newest = float(recs[-1]["end"])
+    w = reporting_period(recs) if width is None else float(width)
+
+    def cell(r: Mapping[str, Any]) -> float:
+        back = newest - float(r["end"])
+        return float(math.floor(back / w)) if w > 0 else back
+
+    slices: list[list[Mapping[str, Any]]] = []
+    current: list[Mapping[str, Any]] = []
+    count = 0
+    current_cell: float | None = None
+    for r in reversed(recs):
+        c = cell(r)
+        if current and c != current_cell and count >= min_count:
+            slices.append(current[::-1])
+            current, count = [], 0
+        current.append(r)
+        count += _record_count(r)
+        current_cell = c
+    if current:
+        slices.append(current[::-1])
+    return slices[::-1]

@@ -5,29 +5,35 @@ and the rollout gates call. The statistics are in ``drift``, ``alerts`` and ``sk
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..errors import EdgeopsError, InvalidInput, NotFound
 from ..fleet.selector import Selector
 from ..fleet.store import FleetStore, all_tags
-from ..store.schema import Alert, Sample
+from ..store.schema import Alert, Sample, TelemetryWindow
 from .alerts import DEFAULT_RULES, AlertChange, AlertRule, Observation, evaluate
-from .drift import detect, drift_report
+from .drift import _latest, detect, drift_report, time_slices
 from .skew import agreement, group_outliers, on_device_accuracy
 from .store import MonitoringStore
 
 __all__ = ["DEFAULT_MIN_COUNT", "MonitoringService"]
 
 DEFAULT_MIN_COUNT = 250  # predictions per tested window (docs/monitoring.md)
-HISTORY = 6  # evaluation points per scope for the alert rules' hysteresis
+HISTORY = 6  # drift evaluation points per scope for the alert rules' hysteresis
+WINDOWS_PER_DEVICE = 200  # newest windows of each device read to evaluate the alert rules
+
+log = logging.getLogger("edgeops.monitoring")
 
 
 class MonitoringService:
@@ -242,31 +248,7 @@ class MonitoringService:
         trained, about, why = self._float_model(mv)
         if trained is None:
             return None, why
-        n_in = _n_inputs(trained, mv) or _commonest_length(rows)
-        fits = [k for k, r in enumerate(rows) if _numbers(r.features, n_in)]
-        n_out = 0
-        server = np.zeros((0, 0))
-        if fits:
-            server = np.asarray(
-                trained.scores(np.asarray([rows[k].features for k in fits], dtype=np.float64)),
-                dtype=np.float64,
-            ).reshape(len(fits), -1)
-            n_out = server.shape[1]
-        usable: list[int] = []
-        dev_rows: list[list[float]] = []
-        srv_rows: list[np.ndarray] = []
-        for k, srv in zip(fits, server, strict=True):
-            out = rows[k].outputs
-            if _numbers(out, n_out):
-                dev_rows.append([float(x) for x in out])
-            elif n_out == 2 and _numbers(out, 1):  # one sigmoid score p, as (1 - p, p)
-                dev_rows.append([1.0 - float(out[0]), float(out[0])])
-            else:
-                continue
-            usable.append(k)
-            srv_rows.append(srv)
-        dev = np.asarray(dev_rows, dtype=np.float64).reshape(len(usable), n_out)
-        srv_all = np.asarray(srv_rows, dtype=np.float64).reshape(len(usable), n_out)
+        n_in, usable, dev, srv_all = _rescore(trained, mv, rows)
         pos = {k: j for j, k in enumerate(usable)}
 
         def part(members: list[int]) -> dict[str, Any]:
@@ -368,22 +350,247 @@ class MonitoringService:
 
     # --- alerts --------------------------------------------------------------------------
     def observations(
-        self, ref: str, scopes: list[str] | None = None, min_count: int = DEFAULT_MIN_COUNT
+        self,
+        ref: str,
+        scopes: list[str] | None = None,
+        min_count: int = DEFAULT_MIN_COUNT,
+        rules: Iterable[AlertRule] = DEFAULT_RULES,
     ) -> list[Observation]:
-        """The drift rule's observations at the last few windows of each scope."""
+        """What the alert rules judge, recomputed from the stored data at every call
+        (docs/monitoring.md, "Alerts"): the alert engine keeps no history of its own, so
+        each metric comes with its recent past here.
+
+        * Drift (every drift metric, per scope and variant): the drift rule at each of the
+          last :data:`HISTORY` windows of a ``device:ID`` scope, and at each of the last
+          :data:`HISTORY` time slices of a group scope (``fleet``, ``tag:T``), a slice being
+          the windows of all the group's devices over about one reporting period
+          (:func:`~edgeops.monitoring.drift.time_slices`).
+        * Skew, for the skew metrics that have a rule in ``rules``: ``agreement`` and
+          ``accuracy_shortfall`` per scope and variant on the newest consecutive batches of
+          samples (by device time ``ts``), each batch the rule's ``min_samples``;
+          ``group_p_adjusted`` of each device against the rest of the fleet, on each of the
+          latest fleet slices merged with the one before it (only when ``fleet`` is a scope).
+          As many batches or slices as the rule's ``open_after`` and ``clear_after`` need.
+        """
         mv = self.ws.registry.get_version(ref)
         if scopes is None:
             scopes = ["fleet", *(f"device:{d.device_id}" for d in self.fleet.devices())]
+        members = self._members(scopes)
+        by_metric = {r.metric: r for r in rules}
+        obs = self._window_observations(mv, members, min_count, by_metric.get("group_p_adjusted"))
+        try:
+            obs.extend(self._agreement_observations(mv, members, by_metric.get("agreement")))
+        except (EdgeopsError, ValueError) as exc:  # a float model that cannot score the samples
+            log.warning("%s: no agreement observations: %s", mv.ref, exc)
+        obs.extend(self._accuracy_observations(mv, members, by_metric.get("accuracy_shortfall")))
+        return obs
+
+    def _members(self, scopes: list[str]) -> dict[str, set[str] | None]:
+        """Each scope's device ids (None: every device), from one read of the fleet."""
+        devices = None
+        out: dict[str, set[str] | None] = {}
+        for scope in scopes:
+            if scope == "fleet":
+                out[scope] = None
+                continue
+            if devices is None:
+                devices = self.fleet.devices()
+            sel = Selector.parse(scope)
+            out[scope] = {d.device_id for d in devices if sel.matches(d.device_id, all_tags(d))}
+        return out
+
+    def _window_index(self, mv: Any, variant: str) -> list[dict[str, Any]]:
+        """``id``, ``device``, ``start``, ``end`` and ``count`` of the newest
+        :data:`WINDOWS_PER_DEVICE` windows of each device, oldest first; the statistics
+        are read later, for the windows the rules use (:meth:`_window_stats`)."""
+        t = TelemetryWindow
+        rank = (
+            func.row_number()
+            .over(partition_by=t.device_id, order_by=(t.end.desc(), t.id.desc()))
+            .label("rank")
+        )
+        inner = (
+            select(t.id, t.device_id, t.start, t.end, t.count, rank)
+            .where(t.fleet == self.store.fleet, t.model_ref == mv.ref, t.variant == variant)
+            .subquery()
+        )
+        c = inner.c
+        q = (
+            select(c["id"], c["device_id"], c["start"], c["end"], c["count"])
+            .where(c["rank"] <= WINDOWS_PER_DEVICE)
+            .order_by(c["end"], c["id"])
+        )
+        with self.ws.db.session() as s:
+            return [
+                {"id": i, "device": d, "start": float(a), "end": float(b), "count": int(n)}
+                for i, d, a, b, n in s.execute(q)
+            ]
+
+    def _window_stats(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        wanted = sorted(set(ids))
+        out: dict[int, dict[str, Any]] = {}
+        with self.ws.db.session() as s:
+            for k in range(0, len(wanted), 500):
+                q = select(TelemetryWindow.id, TelemetryWindow.stats).where(
+                    TelemetryWindow.id.in_(wanted[k : k + 500])
+                )
+                out.update({i: st for i, st in s.execute(q)})
+        return out
+
+    def _window_observations(
+        self,
+        mv: Any,
+        members: dict[str, set[str] | None],
+        min_count: int,
+        group_rule: AlertRule | None,
+    ) -> list[Observation]:
+        """Drift per scope and variant; ``group_p_adjusted`` per device of the fleet."""
+        from edgeops_protocol.stats import merge_windows
+
         obs: list[Observation] = []
         for v in self._variants(mv, None):
-            for scope in scopes:
-                windows = self._windows(mv, v.name, self.devices_in(scope), None, None)
-                for k in range(max(0, len(windows) - HISTORY), len(windows)):
-                    upto = [w.stats for w in windows[: k + 1]]
-                    if sum(s["count"] for s in upto) < min_count:
-                        continue
-                    det = detect(v.meta["baseline"], upto, min_count=min_count)
-                    obs.extend(det.observations(f"{scope}/{v.name}", windows[k].end))
+            baseline = v.meta["baseline"]
+            index = self._window_index(mv, v.name)
+            if not index:
+                continue
+            per_device = Counter(r["device"] for r in index)
+            # a device whose windows were cut at WINDOWS_PER_DEVICE: a group's slices start
+            # after its oldest window read, so that no slice lacks any of its windows
+            oldest: dict[str, float] = {}
+            for r in index:
+                if per_device[r["device"]] >= WINDOWS_PER_DEVICE:
+                    oldest.setdefault(r["device"], r["end"])
+            # (scope, at, windows: device scopes) or (scope, at, slices: group scopes)
+            points: list[tuple[str, float, list[list[dict[str, Any]]], bool]] = []
+            group: list[tuple[float, list[dict[str, Any]]]] = []
+            for scope, devs in members.items():
+                rows = [r for r in index if devs is None or r["device"] in devs]
+                if not rows:
+                    continue
+                if scope.startswith("device:"):
+                    for k in range(max(0, len(rows) - HISTORY), len(rows)):
+                        upto = rows[: k + 1]
+                        if sum(r["count"] for r in upto) < min_count:
+                            continue
+                        points.append((scope, rows[k]["end"], [_latest(upto, 2 * min_count)], True))
+                    continue
+                cut = max(
+                    (oldest[d] for d in {r["device"] for r in rows} if d in oldest), default=None
+                )
+                if cut is not None:
+                    rows = [r for r in rows if r["end"] > cut]
+                slices = time_slices(rows, min_count)
+                full = [
+                    j for j, sl in enumerate(slices) if sum(r["count"] for r in sl) >= min_count
+                ]
+                for j in full[-HISTORY:]:
+                    parts = slices[max(0, j - 1) : j + 1]
+                    points.append((scope, slices[j][-1]["end"], parts, False))
+                if scope == "fleet" and group_rule is not None:
+                    need = max(group_rule.open_after, group_rule.clear_after)
+                    for j in full[-need:]:
+                        span = [r for sl in slices[max(0, j - 1) : j + 1] for r in sl]
+                        group.append((slices[j][-1]["end"], span))
+            stats = self._window_stats(
+                [r["id"] for *_, parts, _ in points for p in parts for r in p]
+                + [r["id"] for _, span in group for r in span]
+            )
+            for scope, at, parts, device in points:
+                if device:
+                    det = detect(baseline, [stats[r["id"]] for r in parts[0]], min_count=min_count)
+                else:
+                    merged = [merge_windows([stats[r["id"]] for r in p]) for p in parts]
+                    det = detect(baseline, merged)
+                obs.extend(det.observations(f"{scope}/{v.name}", at))
+            for at, span in group:
+                by_device: dict[str, list[dict[str, Any]]] = {}
+                for r in span:
+                    by_device.setdefault(r["device"], []).append(stats[r["id"]])
+                merged_by_device = {d: merge_windows(w) for d, w in by_device.items()}
+                for dev_skew in group_outliers(merged_by_device, baseline):
+                    obs.extend(
+                        replace(o, scope=f"{o.scope}/{v.name}") for o in dev_skew.observations(at)
+                    )
+        return obs
+
+    def _newest_samples(self, mv: Any, per: int, labelled: bool) -> list[Any]:
+        """The newest ``per`` samples of each device and variant of ``mv`` (only labelled
+        ones with ``labelled``), oldest first: every scope's newest ``per`` samples of a
+        variant are among them."""
+        cols = [Sample.id, Sample.device_id, Sample.variant, Sample.ts]
+        cols += [Sample.predicted, Sample.label] if labelled else [Sample.features, Sample.outputs]
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(Sample.device_id, Sample.variant),
+                order_by=(Sample.ts.desc(), Sample.id.desc()),
+            )
+            .label("rank")
+        )
+        q = select(*cols, rank).where(Sample.fleet == self.store.fleet, Sample.model_ref == mv.ref)
+        if labelled:
+            q = q.where(Sample.label.is_not(None))
+        c = q.subquery().c
+        outer = (
+            select(*(c[col.key] for col in cols)).where(c["rank"] <= per).order_by(c["ts"], c["id"])
+        )
+        with self.ws.db.session() as s:
+            return list(s.execute(outer))
+
+    def _agreement_observations(
+        self, mv: Any, members: dict[str, set[str] | None], rule: AlertRule | None
+    ) -> list[Observation]:
+        """``agreement`` per scope and variant, on batches of ``rule.min_samples`` samples."""
+        if rule is None:
+            return []
+        size, need = max(1, rule.min_samples), max(rule.open_after, rule.clear_after)
+        rows = self._newest_samples(mv, size * need, labelled=False)
+        if not rows:
+            return []
+        trained, _, why = self._float_model(mv)  # loaded once for every scope
+        if trained is None:
+            log.debug("%s: no agreement observations: %s", mv.ref, why)
+            return []
+        _, usable, dev, srv = _rescore(trained, mv, rows)
+        scored = [(rows[k], j) for j, k in enumerate(usable)]
+        obs: list[Observation] = []
+        for scope, devs in members.items():
+            by_variant: dict[str, list[tuple[Any, int]]] = {}
+            for r, j in scored:
+                if devs is None or r.device_id in devs:
+                    by_variant.setdefault(r.variant, []).append((r, j))
+            for variant in sorted(by_variant):
+                for batch in _batches(by_variant[variant], size, need):
+                    idx = [j for _, j in batch]
+                    a = agreement(dev[idx], srv[idx])
+                    obs.extend(a.observations(f"{scope}/{variant}", float(batch[-1][0].ts)))
+        return obs
+
+    def _accuracy_observations(
+        self, mv: Any, members: dict[str, set[str] | None], rule: AlertRule | None
+    ) -> list[Observation]:
+        """``accuracy_shortfall`` (offline accuracy less the upper end of the 95 % Wilson
+        interval) per scope and variant, on batches of ``rule.min_samples`` labels."""
+        if rule is None:
+            return []
+        size, need = max(1, rule.min_samples), max(rule.open_after, rule.clear_after)
+        rows = self._newest_samples(mv, size * need, labelled=True)
+        version_acc = _share(mv.metrics.get("accuracy"))
+        offline = {v.name: _share(v.metrics.get("accuracy")) for v in mv.variants}
+        obs: list[Observation] = []
+        for scope, devs in members.items():
+            by_variant: dict[str, list[Any]] = {}
+            for r in rows:
+                if devs is None or r.device_id in devs:
+                    by_variant.setdefault(r.variant, []).append(r)
+            for variant in sorted(by_variant):
+                acc = offline.get(variant)
+                acc = version_acc if acc is None else acc
+                if acc is None:  # nothing recorded to compare with
+                    continue
+                for batch in _batches(by_variant[variant], size, need):
+                    skew = on_device_accuracy([(r.predicted, r.label) for r in batch], acc)
+                    obs.extend(skew.observations(f"{scope}/{variant}", float(batch[-1].ts)))
         return obs
 
     def evaluate_alerts(
@@ -394,7 +601,7 @@ class MonitoringService:
     ) -> list[AlertChange]:
         """Open and close alert records for ``ref``; the changes made."""
         mv = self.ws.registry.get_version(ref)
-        obs = self.observations(mv.ref, scopes)
+        obs = self.observations(mv.ref, scopes, rules=rules)
         open_rows = self.alerts(model=mv.ref, status="open")
         to_open, to_close = evaluate(
             rules,
@@ -504,6 +711,52 @@ def _n_inputs(trained: Any, mv: Any) -> int | None:
     return None
 
 
-def _commonest_length(rows: list[Sample]) -> int:
+def _batches(items: list[Any], size: int, count: int) -> list[list[Any]]:
+    """The newest ``count`` consecutive batches of ``size`` of ``items`` (oldest first), oldest
+    batch first; older items that do not fill a batch are left out."""
+    out = []
+    end = len(items)
+    while len(out) < count and end >= size:
+        out.append(items[end - size : end])
+        end -= size
+    return out[::-1]
+
+
+def _rescore(trained: Any, mv: Any, rows: list[Any]) -> tuple[int, list[int], Any, Any]:
+    """Re-run the sampled ``features`` of ``rows`` through the float model.
+
+    ``(inputs, usable, device, server)``: the model's number of inputs, the indices of the
+    rows whose features and outputs fit the model, and their device and server scores (one
+    row each; a single sigmoid output ``p`` of the device as ``(1 - p, p)``).
+    """
+    n_in = _n_inputs(trained, mv) or _commonest_length(rows)
+    fits = [k for k, r in enumerate(rows) if _numbers(r.features, n_in)]
+    n_out = 0
+    server = np.zeros((0, 0))
+    if fits:
+        server = np.asarray(
+            trained.scores(np.asarray([rows[k].features for k in fits], dtype=np.float64)),
+            dtype=np.float64,
+        ).reshape(len(fits), -1)
+        n_out = server.shape[1]
+    usable: list[int] = []
+    dev_rows: list[list[float]] = []
+    srv_rows: list[np.ndarray] = []
+    for k, srv in zip(fits, server, strict=True):
+        out = rows[k].outputs
+        if _numbers(out, n_out):
+            dev_rows.append([float(x) for x in out])
+        elif n_out == 2 and _numbers(out, 1):  # one sigmoid score p, as (1 - p, p)
+            dev_rows.append([1.0 - float(out[0]), float(out[0])])
+        else:
+            continue
+        usable.append(k)
+        srv_rows.append(srv)
+    dev = np.asarray(dev_rows, dtype=np.float64).reshape(len(usable), n_out)
+    srv_all = np.asarray(srv_rows, dtype=np.float64).reshape(len(usable), n_out)
+    return n_in, usable, dev, srv_all
+
+
+def _commonest_length(rows: list[Any]) -> int:
     lengths = Counter(len(r.features) for r in rows if isinstance(r.features, list) and r.features)
     return max(lengths, key=lambda n: (lengths[n], n)) if lengths else 0

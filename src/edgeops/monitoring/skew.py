@@ -334,34 +334,79 @@ def group_outliers(
     ``p * tests * devices < alpha`` -- with no real differences, the chance that
     any device is flagged is at most ``alpha`` -- and its PSI against the rest
     is at least ``min_psi`` (on a large fleet tiny, harmless differences become
-    significant; ``min_psi`` keeps only those big enough to matter). Devices
-    come back most significant first.
+    significant; ``min_psi`` keeps only those big enough to matter).
+
+    A device found unlike the others is then left out of everyone else's rest: when
+    any device is flagged, the most significant one keeps its result, and the others
+    are tested again against the rest without it, until no further device is flagged.
+    Otherwise one very different device would make the others look unlike their rest
+    too (in a group of three, it is half of each other device's rest). Devices come back
+    most significant first.
     """
     merged = {str(d): _as_window(w) for d, w in windows_by_device.items()}
     tested = [d for d, w in merged.items() if int(w["count"]) >= min_samples]
     if len(merged) < 2 or not tested:
         return []
-    results: list[tuple[str, int, list[DistributionDrift]]] = []
-    for device in tested:
-        rest = merge_windows([w for d, w in merged.items() if d != device])
-        results.append(
-            (device, int(merged[device]["count"]), _distributions(baseline, rest, merged[device]))
+    family: int | None = None
+    out: list[DeviceSkew] = []
+    last: dict[str, DeviceSkew] = {}
+    excluded: set[str] = set()
+    remaining = list(tested)
+    while remaining:
+        rests = {
+            d: [w for e, w in merged.items() if e != d and e not in excluded] for d in remaining
+        }
+        results = [
+            (
+                d,
+                int(merged[d]["count"]),
+                _distributions(baseline, merge_windows(rests[d]), merged[d]),
+            )
+            for d in remaining
+            if rests[d]
+        ]
+        if family is None:  # the first round's tests: every tested device
+            family = sum(
+                1
+                for _, _, dists in results
+                for t in dists
+                if t.chi2 is not None and t.chi2.dof >= 1
+            )
+        judged = {d: _judge(d, n, dists, family, alpha, min_psi) for d, n, dists in results}
+        # a device with nobody left to compare with keeps its result of the round before
+        judged.update({d: last[d] for d in remaining if d not in judged})
+        flagged = sorted(
+            (s for d, s in judged.items() if s.outlier and d in {r[0] for r in results}),
+            key=lambda s: (s.min_p_adjusted, s.device),
         )
-    family = sum(
-        1 for _, _, dists in results for t in dists if t.chi2 is not None and t.chi2.dof >= 1
-    )
-    out = []
-    for device, count, dists in results:
-        p_adj: list[float | None] = []
-        flagged = []
-        for t in dists:
-            if t.chi2 is None or t.chi2.dof < 1:
-                p_adj.append(None)
-                continue
-            p = min(1.0, t.chi2.p_value * family)
-            p_adj.append(p)
-            if p < alpha and (t.psi or 0.0) >= min_psi:
-                flagged.append(t.name)
-        out.append(DeviceSkew(device, count, tuple(dists), tuple(p_adj), tuple(flagged)))
+        if not flagged or len(remaining) == 1:
+            out.extend(judged.values())
+            break
+        worst = flagged[0]
+        out.append(worst)
+        excluded.add(worst.device)
+        remaining.remove(worst.device)
+        last = judged
     out.sort(key=lambda s: (s.min_p_adjusted, s.device))
     return out
+
+
+def _judge(
+    device: str,
+    count: int,
+    dists: list[DistributionDrift],
+    family: int,
+    alpha: float,
+    min_psi: float,
+) -> DeviceSkew:
+    p_adj: list[float | None] = []
+    flagged = []
+    for t in dists:
+        if t.chi2 is None or t.chi2.dof < 1:
+            p_adj.append(None)
+            continue
+        p = min(1.0, t.chi2.p_value * family)
+        p_adj.append(p)
+        if p < alpha and (t.psi or 0.0) >= min_psi:
+            flagged.append(t.name)
+    return DeviceSkew(device, count, tuple(dists), tuple(p_adj), tuple(flagged))
