@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DeployFailed
-from .fsutil import temp_file
+from .fsutil import kill_point, temp_file
 
 __all__ = ["BAD", "DUPLICATE", "OUT_OF_RANGE", "STORED", "Download"]
 
@@ -89,8 +89,10 @@ class Download:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self._path(index)
         with temp_file(target) as (f, tmp):
+            kill_point("write", tmp)
             f.write(data)
             f.close()
+            kill_point("rename", target)
             os.replace(tmp, target)
         self.held.add(index)
         return STORED
@@ -105,8 +107,10 @@ class Download:
                     data = self._path(index).read_bytes()
                     digest.update(data)
                     size += len(data)
+                    kill_point("write", target)
                     out.write(data)
                 out.flush()
+                kill_point("fsync", target)
                 os.fsync(out.fileno())
         except OSError as exc:
             with contextlib.suppress(OSError):

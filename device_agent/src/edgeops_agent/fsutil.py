@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,28 @@ try:
 except ImportError:  # pragma: no cover - not Linux: locks become no-ops
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileLock", "atomic_write", "fsync_dir", "temp_file"]
+__all__ = ["FileLock", "atomic_write", "fsync_dir", "kill_point", "temp_file"]
+
+# Fault injection for the kill-point sweep (tests/faults/test_kill_points.py), off unless
+# EDGEOPS_AGENT_KILL_AT is set: =N makes the process SIGKILL itself just before its N-th
+# durable operation (every write, fsync and rename of the agent's files, counted from the
+# start of the process), =0 only counts them. Each one is traced on stderr as
+# "edgeops-agent kill point <n> <op> <path>". Unset, kill_point returns at its first line.
+_KILL_AT: int | None = None
+if os.environ.get("EDGEOPS_AGENT_KILL_AT", "").strip().isdigit():
+    _KILL_AT = int(os.environ["EDGEOPS_AGENT_KILL_AT"])
+_kill_count = 0
+
+
+def kill_point(op: str, path: object) -> None:
+    """``op`` ("write", "fsync" or "rename") of ``path`` comes next: see ``_KILL_AT``."""
+    global _kill_count
+    if _KILL_AT is None:
+        return
+    _kill_count += 1
+    os.write(2, f"edgeops-agent kill point {_kill_count} {op} {path}\n".encode())
+    if _kill_count == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -30,6 +52,7 @@ def fsync_dir(folder: Path) -> None:
     except OSError:  # pragma: no cover - e.g. a platform without directory fds
         return
     try:
+        kill_point("fsync", folder)
         os.fsync(fd)
     except OSError:  # pragma: no cover - some file systems refuse fsync on directories
         pass
@@ -54,10 +77,13 @@ def temp_file(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
 def atomic_write(target: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Replace ``target`` with ``data`` atomically and durably."""
     with temp_file(target) as (f, tmp):
+        kill_point("write", tmp)
         f.write(data)
         f.flush()
+        kill_point("fsync", tmp)
         os.fsync(f.fileno())
         f.close()
+        kill_point("rename", target)
         os.replace(tmp, target)
     if sync_dir:
         fsync_dir(target.parent)

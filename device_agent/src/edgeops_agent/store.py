@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .fsutil import FileLock, atomic_write, fsync_dir
+from .fsutil import FileLock, atomic_write, fsync_dir, kill_point
 
 __all__ = ["SLOTS", "StateStore", "other_slot"]
 
@@ -234,6 +234,7 @@ class StateStore:
         folder = self.root / "slots" / slot
         try:
             if staged is not None:
+                kill_point("rename", folder / "model.bin")
                 os.replace(staged, folder / "model.bin")
             atomic_write(folder / "manifest.json", json.dumps(manifest).encode(), sync_dir=False)
             fsync_dir(folder)
