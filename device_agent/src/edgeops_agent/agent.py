@@ -16,6 +16,12 @@ deployed is :mod:`edgeops_agent.deploy`. Monitoring: :mod:`edgeops_agent.telemet
 counts predictions on the callers' threads and hands closed windows, samples and
 labels to the worker, which writes them to the :mod:`edgeops_agent.outbox` and
 publishes it in order (a ``monitor`` item, posted when there is something to do).
+
+Trust: a manifest must be signed by a key of ``agent.toml`` or one announced under a
+trusted key on the retained ``edgeops/<fleet>/keys`` topic (:mod:`edgeops_agent.keytrust`),
+and not retired. Anti-rollback: ``accepted_seq`` in ``state.json``, and where
+``anti_rollback_file`` is set, also in that file outside the state directory
+(:mod:`edgeops_agent.floor`), so a reinstall does not forget it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from edgeops_protocol.keychain import keys_topic, parse_keys_message
 from edgeops_protocol.manifest import (
     DeviceFacts,
     Rejected,
@@ -47,9 +54,11 @@ from edgeops_protocol.topics import (
 from .config import AgentConfig
 from .deploy import Deployment
 from .errors import DeployFailed, StoreError
+from .floor import RollbackFloor
 from .fsutil import FileLock
 from .health import LINUX_FORMATS, health_check
 from .httpdl import HttpFetch
+from .keytrust import TrustedKeys
 from .outbox import Outbox, OutboxSender
 from .probation import Probation
 from .report import event_fields, state_fields
@@ -103,6 +112,15 @@ class Agent:
             kind: device_topic(config.fleet, config.device, kind)
             for kind in ("state", "desired", "events")
         }
+        self.keys_topic = keys_topic(config.fleet)
+        self.keys = TrustedKeys(config.state_dir / "keys.json", config.fleet, config.key_map)
+        self.floor = (
+            None
+            if config.anti_rollback_file is None
+            else RollbackFloor(config.anti_rollback_file, config.fleet, config.device)
+        )
+        self._reinstalled_seq: int | None = None  # the floor's seq, when state_dir forgot it
+        self._unverified_desired: bytes | None = None  # signed by a key not (yet) trusted
         self._own_pool = pool is None
         self._pool = pool or WorkerPool(1, name=f"agent-{config.device}")
         self._box = Mailbox(
@@ -122,6 +140,7 @@ class Agent:
         self._timer: Timer | None = None
         self._tick_queued = False
         self._running = False
+        self._stop_requested = False  # stop() before start() finished
         self._stopped = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -156,6 +175,8 @@ class Agent:
         from .mqtt import MqttLink
 
         self.boot = f"{self.store.new_boot()}-{secrets.token_hex(4)}"
+        if self.floor is not None:
+            self._apply_floor()
         self.outbox = Outbox(
             self.config.state_dir / "outbox",
             max_messages=self.config.outbox_max_messages,
@@ -195,8 +216,10 @@ class Agent:
         """Finish the message in hand, publish the offline state, disconnect.
 
         Messages still queued are dropped: everything the agent receives is retained
-        on the broker and comes again on the next start."""
+        on the broker and comes again on the next start. Called while :meth:`run_forever`
+        is still starting (a signal handler), it stops the agent as soon as it has started."""
         if not self._running:
+            self._stop_requested = True
             return
         self._running = False
         if self._timer:
@@ -234,6 +257,8 @@ class Agent:
     def run_forever(self) -> None:
         """Start and block until :meth:`stop` (e.g. from a signal handler)."""
         self.start()
+        if self._stop_requested:  # SIGTERM arrived before or while starting
+            self.stop()
         while not self._stopped.wait(1.0):
             pass
 
@@ -353,6 +378,7 @@ class Agent:
         if not self._running:
             return
         self._stats.incr("connects")
+        self._link.subscribe(self.keys_topic, 1)  # first: its retained chain comes first
         self._link.subscribe(self.topics["desired"], 1)
         self._publish_state()
         if self._deployment is not None and self._deployment.downloading:
@@ -369,6 +395,9 @@ class Agent:
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.topics["desired"]:
             self._on_desired(payload)
+            return
+        if topic == self.keys_topic:
+            self._on_keys(payload)
             return
         if topic.startswith(f"edgeops/{self.config.fleet}/artifacts/"):
             self._on_chunk(topic, payload)
@@ -401,16 +430,27 @@ class Agent:
         if raw.get("fleet") != self.config.fleet or raw.get("device") != self.config.device:
             self._count("other_device", "dropped a desired state for another device")
             return
+        now = self._clock()
+        trusted = self.keys.keys(now)
         try:
-            manifest = verify_envelope(env, self.config.key_map, self.config.hmac_keys)
-            if not check_manifest(manifest, self.facts, self.store.accepted_seq, self._clock()):
+            manifest = verify_envelope(
+                env, trusted, self.config.hmac_keys, retired=self.keys.retired(now)
+            )
+            accepted = self.store.accepted_seq
+            if manifest["seq"] == accepted == self._reinstalled_seq:
+                accepted -= 1  # reinstalled: install the newest manifest it accepted again
+            if not check_manifest(manifest, self.facts, accepted, now):
                 self._stats.incr("desired_already_handled")
                 return
             self._check_runnable(manifest)
         except Rejected as exc:
             self._count("rejected", f"rejected manifest seq {raw.get('seq')!r}: {exc}")
             self.emit("rejected", raw, reason=str(exc))
+            sig = env["signature"]
+            if sig["alg"] == "ed25519" and sig["key_id"] not in trusted:
+                self._unverified_desired = payload  # again if a key announcement comes
             return
+        self._unverified_desired = None
         if self._deployment is not None and not self._deployment.finished:
             old = self._deployment
             old.abandon(f"superseded by manifest seq {manifest['seq']}")
@@ -418,8 +458,60 @@ class Agent:
             sha = manifest["artifact"]["sha256"]
             self.store.end_deployment(old.seq, keep_downloads=sha if old.sha256 == sha else None)
         self.store.begin_deployment(manifest)  # accepted_seq is on disk before anything else
+        self._reinstalled_seq = None
+        self._raise_floor(int(manifest["seq"]), manifest["model"])
         self._publish_state()
         self._begin(manifest, resumed=False)
+
+    def _on_keys(self, payload: bytes) -> None:
+        """A retained ``keys`` message: follow its announcements from the keys we trust."""
+        if not payload:
+            return
+        try:
+            msg = parse_keys_message(payload, self.config.max_message_bytes)
+        except ProtocolError as exc:
+            self._count("keys_malformed", f"malformed keys message: {exc}")
+            return
+        if msg["fleet"] != self.config.fleet:
+            self._count("keys_rejected", f"keys message for fleet {msg['fleet']!r}")
+            return
+        out = self.keys.apply(msg["chain"], self._clock())
+        for reason in out.rejected:
+            self._count("keys_rejected", f"key announcement refused: {reason}")
+        if out.added:
+            self._stats.incr("keys_added", len(out.added))
+            log.info("now trusting signing key(s) %s", ", ".join(out.added))
+        if out.changed and self._unverified_desired is not None:
+            payload, self._unverified_desired = self._unverified_desired, None
+            self._on_desired(payload)
+
+    def _apply_floor(self) -> None:
+        """At start: the anti-rollback file's seq is the floor of ``accepted_seq``."""
+        assert self.floor is not None
+        floor, own = self.floor.read(), self.store.accepted_seq
+        if floor > own:
+            log.warning(
+                "%s remembers accepted seq %d, %s only %d (reinstalled?): refusing older manifests",
+                self.floor.path,
+                floor,
+                self.store.path,
+                own,
+            )
+            self.store.update(lambda s: s.update(accepted_seq=max(int(s["accepted_seq"]), floor)))
+            self._reinstalled_seq = floor
+        elif own > floor:  # e.g. the file was configured later, or its last write was lost
+            self._raise_floor(own, None)
+
+    def _raise_floor(self, seq: int, model: dict[str, Any] | None) -> None:
+        """Record an accepted seq in the anti-rollback file; a failure there is logged and
+        counted, and does not stop the deployment (``state.json`` holds the seq too)."""
+        if self.floor is None:
+            return
+        try:
+            self.floor.raise_to(seq, model, self._clock())
+        except StoreError as exc:
+            self._stats.incr("floor_errors")
+            log.error("anti-rollback file: %s", exc)
 
     def _check_runnable(self, manifest: dict[str, Any]) -> None:
         fmt = manifest["model"]["format"]
