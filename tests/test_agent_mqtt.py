@@ -223,6 +223,7 @@ def test_failed_deployments_keep_the_previous_model(case, server, start):
     if case == "fail_health":  # v1 got in through a healthy agent; this one fails every check
         agent.stop()
         agent = start(simulate={"fail_health": True})
+    agent.wait_idle()  # the activated event goes out before the last chunk is counted
     stored_before = agent.stats.get("chunks_stored", 0)
     m2 = onnx_model(1)
     manifest = make_manifest(m2, fleet=server.fleet, device=DEV, seq=6)
@@ -304,6 +305,7 @@ def test_a_manifest_whose_artifact_is_in_a_slot_skips_the_download(server, start
     v1 = _deploy_v1(server, agent)
     server.deploy(onnx_model(1), DEV, seq=6)
     server.wait_event(DEV, "activated", 6)
+    agent.wait_idle()  # the event goes out before the last chunk is counted
     stored = agent.stats["chunks_stored"]
     back = make_manifest(onnx_model(0), fleet=server.fleet, device=DEV, seq=7)
     assert back["artifact"]["sha256"] == v1["artifact"]["sha256"]

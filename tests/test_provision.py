@@ -313,8 +313,10 @@ def test_the_acl_gives_each_account_exactly_its_topics():
         "topic read edgeops/lab/devices/+/labels",
         "user pi-1",
         "topic read edgeops/lab/artifacts/+/+",
+        "topic read edgeops/lab/keys",
         "user pi-2",
         "topic read edgeops/lab/artifacts/+/+",
+        "topic read edgeops/lab/keys",
     ]
 
 

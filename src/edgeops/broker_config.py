@@ -143,9 +143,12 @@ def render_acl(
             *(f"topic read {base}/devices/+/{kind}" for kind in COLLECTOR_READ_KINDS),
             "",
         ]
-    lines.append("# artifact chunks are shared by the devices that install the same model")
+    lines.append(
+        "# artifact chunks are shared by the devices that install the same model; the signed"
+    )
+    lines.append("# key announcements (`edgeops keys rotate`) are read by every device")
     for name in sorted(devices):
-        lines += [f"user {name}", f"topic read {base}/artifacts/+/+"]
+        lines += [f"user {name}", f"topic read {base}/artifacts/+/+", f"topic read {base}/keys"]
     return "\n".join(lines) + "\n"
 
 

@@ -100,6 +100,8 @@ class AgentConfig:
     fleet: str
     state_dir: Path
     public_keys: tuple[bytes, ...] = ()  # raw 32-byte Ed25519 public keys
+    # highest accepted seq kept outside state_dir, so it survives a reinstall (floor.py)
+    anti_rollback_file: Path | None = None
     hmac_keys: Mapping[str, bytes] = field(default_factory=dict)  # key_id -> key
     broker: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
@@ -144,6 +146,10 @@ class AgentConfig:
         for key in self.public_keys:
             if not isinstance(key, bytes) or len(key) != 32:
                 raise ConfigError("public_keys must be raw 32-byte Ed25519 keys")
+        if self.anti_rollback_file is not None and _inside(self.anti_rollback_file, self.state_dir):
+            raise ConfigError(
+                "anti_rollback_file must be outside state_dir: it must survive deleting it"
+            )
         checks = [
             (1 <= self.keepalive <= 65535, "keepalive must be 1..65535 seconds"),
             (self.mqtt_protocol in MQTT_PROTOCOLS, "mqtt_protocol must be '3.1.1' or '5'"),
@@ -223,7 +229,8 @@ def load_config(path: str | Path) -> AgentConfig:
 # --- parsing ----------------------------------------------------------------------
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "device": (str,), "fleet": (str,), "state_dir": (str,), "broker": (str,),
+    "device": (str,), "fleet": (str,), "state_dir": (str,), "anti_rollback_file": (str,),
+    "broker": (str,),
     "username": (str,), "password": (str,), "password_file": (str,), "keepalive": (int,),
     "mqtt_protocol": (str,), "ca_file": (str,), "hardware": (str,), "runtimes": (list,),
     "tags": (list,), "public_keys": (list,), "hmac_keys": (dict,),
@@ -253,6 +260,11 @@ def _typed(data: dict[str, Any], types: dict[str, tuple[type, ...]], where: str)
             names = " or ".join(k.__name__ for k in kinds)
             raise ConfigError(f"{where}{key} must be {names}, not {type(value).__name__}")
     return data
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    a, b = Path(path).absolute(), Path(folder).absolute()
+    return a == b or b in a.parents
 
 
 def _path(value: str, base: Path) -> Path:
@@ -312,6 +324,8 @@ def _from_dict(data: dict[str, Any], base: Path) -> AgentConfig:
             raise ConfigError(f"cannot read password_file: {exc.strerror}") from exc
     if "ca_file" in data:
         kw["ca_file"] = _path(data["ca_file"], base)
+    if "anti_rollback_file" in data:
+        kw["anti_rollback_file"] = _path(data["anti_rollback_file"], base)
     for key in ("runtimes", "tags"):
         if key in data:
             if not all(isinstance(v, str) for v in data[key]):
@@ -325,6 +339,7 @@ def _from_dict(data: dict[str, Any], base: Path) -> AgentConfig:
 
 _SPECIAL = {
     "state_dir",
+    "anti_rollback_file",
     "public_keys",
     "hmac_keys",
     "password_file",

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +130,12 @@ def verify_envelope(
     env: Mapping[str, Any],
     public_keys: Mapping[str, bytes] | None = None,
     hmac_keys: Mapping[str, bytes] | None = None,
+    retired: Container[str] = (),
 ) -> dict:
-    """The manifest, if its signature verifies with one of the keys; else :class:`Rejected`."""
+    """The manifest, if its signature verifies with one of the keys; else :class:`Rejected`.
+
+    ``retired`` names Ed25519 keys the device stopped trusting (key rotation,
+    :mod:`edgeops_protocol.keychain`), so the reason says so rather than "unknown"."""
     sig = env["signature"]
     try:
         value = base64.b64decode(sig["value"], validate=True)
@@ -143,6 +147,8 @@ def verify_envelope(
         raise Rejected(f"manifest cannot be canonicalized: {exc}") from exc
     if sig["alg"] == "ed25519":
         key = (public_keys or {}).get(sig["key_id"])
+        if key is None and sig["key_id"] in retired:
+            raise Rejected(f"signing key {sig['key_id'][:16]!r} was retired")
         if key is None:
             raise Rejected(f"unknown signing key {sig['key_id'][:16]!r}")
         from cryptography.exceptions import InvalidSignature

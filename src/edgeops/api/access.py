@@ -32,6 +32,7 @@ __all__ = [
     "check_routes",
     "endpoints",
     "principal",
+    "refuse_unauthorized",
     "require",
     "role_of",
 ]
@@ -59,16 +60,44 @@ def principal(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <token>`` (401 without a valid one)."""
+    return _principal(request, None if credentials is None else credentials.credentials)
+
+
+def _principal(request: Request, token: str | None) -> Principal:
     state = request.app.state
     if not state.auth:
         return state.no_auth_principal
-    if credentials is None or not credentials.credentials:
+    if not token:
         raise Unauthenticated(
             "this API needs a token: send Authorization: Bearer <token> "
             "(an admin creates one with `edgeops tokens create NAME --role viewer`)"
         )
-    info = state.tokens.verify(credentials.credentials)
+    info = state.tokens.verify(token)
     return Principal(info.name, info.role)
+
+
+def _forbidden(request: Request, role: Role, who: Principal) -> Forbidden:
+    return Forbidden(
+        f"{request.method} {request.url.path} needs the {role} role; "
+        f"token {who.name!r} has the {who.role} role"
+    )
+
+
+def refuse_unauthorized(request: Request) -> None:
+    """Raise what the route's role check would (:class:`Unauthenticated`, :class:`Forbidden`).
+
+    For a request refused before that check ran: FastAPI reads and validates a JSON body
+    before it calls dependencies, so without this a malformed body would get a 422 even
+    without a token. Public routes, and routes that declare no role, pass."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    role = role_of(dependant) if dependant is not None else None
+    if role is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    who = _principal(request, token.strip() if scheme.lower() == "bearer" else None)
+    if who.role < role:
+        raise _forbidden(request, role, who)
 
 
 _REQUIRE: dict[Role, Callable[..., Principal]] = {}
@@ -80,10 +109,7 @@ def require(role: Role) -> Callable[..., Principal]:
 
         def check(request: Request, who: Principal = Depends(principal)) -> Principal:
             if who.role < role:
-                raise Forbidden(
-                    f"{request.method} {request.url.path} needs the {role} role; "
-                    f"token {who.name!r} has the {who.role} role"
-                )
+                raise _forbidden(request, role, who)
             return who
 
         check.min_role = role  # type: ignore[attr-defined]

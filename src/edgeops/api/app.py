@@ -50,6 +50,12 @@ def create_app(ws: Any, *, auth: bool = True) -> Any:
 
     @app.exception_handler(EdgeopsError)
     async def _edgeops_error(request: Request, exc: EdgeopsError) -> JSONResponse:
+        if refused_value(exc):  # the request's fault, not the store's: 422, not 503
+            message = (
+                "the database refused a value of this request (e.g. text with a NUL "
+                "character); remove it"
+            )
+            return JSONResponse(status_code=422, content={"error": message, "kind": "InvalidInput"})
         status = exc.http_status if exc.http_status != 500 else 400
         return JSONResponse(
             status_code=status, content={"error": str(exc), "kind": type(exc).__name__}
@@ -57,6 +63,12 @@ def create_app(ws: Any, *, auth: bool = True) -> Any:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:  # no token, or too low a role: say that, not what is wrong with the request
+            access.refuse_unauthorized(request)
+        except Unauthenticated as denied:
+            return await _unauthenticated(request, denied)
+        except EdgeopsError as denied:  # Forbidden, or the store failed checking the token
+            return await _edgeops_error(request, denied)
         return JSONResponse(
             status_code=422, content={"error": validation_message(exc), "kind": "InvalidInput"}
         )
@@ -84,6 +96,14 @@ def _challenge(request: Any) -> str:
     """``WWW-Authenticate`` of a 401 (RFC 6750): ``invalid_token`` when one was sent."""
     sent = request.headers.get("authorization", "").lower().startswith("bearer ")
     return 'Bearer realm="edgeops", error="invalid_token"' if sent else 'Bearer realm="edgeops"'
+
+
+def refused_value(exc: BaseException) -> bool:
+    """A store error caused by a value the database cannot hold (``sqlalchemy.exc.DataError``,
+    e.g. PostgreSQL refuses a NUL character in text), not by the database being away."""
+    from sqlalchemy.exc import DataError
+
+    return isinstance(exc.__cause__, DataError)
 
 
 def validation_message(exc: Any) -> str:

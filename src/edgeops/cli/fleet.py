@@ -232,3 +232,170 @@ def keys_show(
         print_json({"key_id": key.key_id, "public_key": key.public_b64})
     else:
         console.print(f"{key.key_id} {key.public_b64}", markup=False, highlight=False)
+
+
+def _grace(text: str) -> float | None:
+    if text.strip().lower() == "never":
+        return None
+    if text.strip() == "0":
+        return 0.0
+    from ..auth import parse_duration
+    from ..errors import InvalidInput
+
+    try:
+        return parse_duration(text).total_seconds()
+    except InvalidInput:
+        raise InvalidInput(
+            f"grace {text!r} is not a duration; use e.g. 12h, 7d or 2w, 0, or never"
+        ) from None
+
+
+def _publish_keys(ctx: typer.Context, what: str) -> str:
+    """Publish the key chain retained; the topic. A broker error says how to retry."""
+    from edgeops_protocol.keychain import keys_topic
+
+    from ..errors import BrokerUnavailable
+    from ..fleet.keys import publish_keys
+    from ..mqtt import MqttClient
+
+    settings = workspace(ctx).settings
+    try:
+        with MqttClient(settings.mqtt_url) as client:
+            publish_keys(client, settings.keys_dir, settings.fleet)
+    except BrokerUnavailable as exc:
+        raise BrokerUnavailable(
+            f"{what}, but the announcement was not published ({exc}); run "
+            "`edgeops keys publish` once the broker is reachable"
+        ) from exc
+    return keys_topic(settings.fleet)
+
+
+def _utc(ts: float | None) -> str:
+    import datetime as dt
+
+    if ts is None:
+        return "never (until `edgeops keys retire`)"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    ctx: typer.Context,
+    grace: Annotated[
+        str,
+        typer.Option(
+            help="How long agents keep trusting the old key: 12h, 7d, 2w; 0 for not at all, "
+            "'never' until `edgeops keys retire`."
+        ),
+    ] = "7d",
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish/--no-publish", help="Publish the announcement on the broker (default)."
+        ),
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Replace the signing key: a new key, announced to agents under the old one.
+
+    The announcement (signed by the old key) is published retained on
+    edgeops/<fleet>/keys; agents that trust the old key trust the new one from then on, and
+    stop trusting the old one after the grace period. Manifests are signed with the new key.
+
+    Example: `edgeops keys rotate --grace 7d`
+    """
+    from ..fleet.keys import rotate_key
+
+    settings = workspace(ctx).settings
+    rotation = rotate_key(settings.keys_dir, settings.fleet, grace=_grace(grace))
+    new, old = rotation.new.key_id, rotation.previous.key_id
+    topic = _publish_keys(ctx, f"signing key {new} is active") if publish else None
+    if json_out:
+        print_json({**rotation.summary(), "topic": topic, "published": topic is not None})
+        return
+    where = f"announced on {topic}" if topic else "NOT announced yet: run `edgeops keys publish`"
+    console.print(f"Signing key {new} is now active; {where}.", markup=False, highlight=False)
+    console.print(f"Agents stop trusting {old}: {_utc(rotation.retire_previous_at)}.")
+    console.print("New agents' config (public_keys):")
+    console.print(rotation.new.public_b64, markup=False, highlight=False)
+
+
+@keys_app.command("retire")
+def keys_retire(
+    ctx: typer.Context,
+    publish: Annotated[
+        bool,
+        typer.Option("--publish/--no-publish", help="Publish the change on the broker (default)."),
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Tell agents to stop trusting every signing key but the active one, now.
+
+    Ends the grace period of the last rotation early, e.g. once every device reports the
+    new key or when the old one may have leaked.
+
+    Example: `edgeops keys retire`
+    """
+    from ..fleet.keys import load_key, retire_keys
+
+    settings = workspace(ctx).settings
+    retired = retire_keys(settings.keys_dir, settings.fleet)
+    active = load_key(settings.keys_dir).key_id
+    topic = None
+    if retired and publish:
+        topic = _publish_keys(ctx, f"keys {', '.join(retired)} are retired in {settings.keys_dir}")
+    if json_out:
+        print_json({"retired": retired, "active": active, "topic": topic})
+    elif retired:
+        console.print(f"Retired {', '.join(retired)}; only {active} signs from now on.")
+    else:
+        console.print(f"Nothing to retire: agents already trust only {active}.")
+
+
+@keys_app.command("publish")
+def keys_publish(ctx: typer.Context) -> None:
+    """Publish the key announcements again (retained), e.g. after the broker lost them.
+
+    Example: `edgeops keys publish`
+    """
+    from ..fleet.keys import key_chain
+
+    if not key_chain(workspace(ctx).settings.keys_dir):
+        console.print("The signing key was never rotated: there is nothing to announce.")
+        return
+    topic = _publish_keys(ctx, "the keys are unchanged")
+    console.print(f"Published the key announcements on {topic}.", markup=False, highlight=False)
+
+
+@keys_app.command("device")
+def keys_device(
+    ctx: typer.Context,
+    device: Annotated[str, typer.Argument(help="Device id, as in its firmware config.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace its key (reflash the device with the new one).")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Create a microcontroller's HMAC-SHA256 key; prints the key id and key for its
+    firmware config, once (the server keeps it, mode 0600, to sign the device's manifests).
+
+    Example: `edgeops keys device mcu-07`
+    """
+    from .. import audit
+    from ..firmware.signing import generate_device_key
+
+    ws = workspace(ctx)
+    key = generate_device_key(ws.settings.keys_dir, device, force=force)
+    details = {"device": device, "alg": "hmac-sha256", "force": force}
+    ws.db.write(lambda s: audit.record(s, "key.generate", key.key_id, details))
+    if json_out:
+        print_json({"device": device, "hmac_key_id": key.key_id, "hmac_key": key.key_b64})
+        return
+    console.print(
+        f"HMAC key {key.key_id} created for {device}; rollouts sign its manifests with it. "
+        "Put these two lines in its firmware config (shown once):",
+        markup=False,
+        highlight=False,
+    )
+    console.print(f'hmac_key_id = "{key.key_id}"', markup=False, highlight=False)
+    console.print(f'hmac_key = "{key.key_b64}"', markup=False, highlight=False)
