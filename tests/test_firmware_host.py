@@ -1,6 +1,6 @@
 """The C firmware templates, built with gcc and checked against the Python reference.
 
-Pure parts through the conformance tool (firmware_templates/tools): SHA-256 and
+Pure parts through the conformance tool (firmware/templates/tools): SHA-256 and
 HMAC against hashlib, Python's float repr, the JSON reader on protocol messages,
 the canonical JSON the server signs, the manifest checks, telemetry windows
 against WindowStats, the two-copy state record, and the loadable emlearn models

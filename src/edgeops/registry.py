@@ -216,6 +216,24 @@ class Registry:
             self.artifacts.discard(blob)
             raise
 
+    def record_variant_metrics(self, ref: str | Ref, name: str, metrics: dict[str, Any]) -> Variant:
+        """Add measurements made after registration (e.g. ``footprint`` from ``edgeops
+        firmware generate``) to a variant's metrics, replacing those keys. The bytes, the
+        format and the other metrics stay as they are."""
+        r = Ref.parse(ref) if isinstance(ref, str) else ref
+
+        def write(s: Session) -> Variant:
+            mv = self._resolve(s, r)
+            for v in mv.variants:
+                if v.name == name:
+                    v.metrics = {**(v.metrics or {}), **metrics}  # a new dict: seen as changed
+                    s.flush()
+                    return v
+            have = ", ".join(v.name for v in mv.variants)
+            raise NotFound(f"{mv.ref} has no variant {name!r}; it has: {have}")
+
+        return self.db.write(write)
+
     def set_alias(self, ref: str | Ref, alias: str) -> AliasMove:
         """Point ``alias`` at the version ``ref``; moving it to where it is already is an error."""
         check_alias(alias)

@@ -15,6 +15,7 @@ from . import data as data_cmds
 from . import demo as demo_cmd
 from . import drift as drift_cmds
 from . import features as features_cmds
+from . import firmware as firmware_cmds
 from . import fleet as fleet_cmds
 from . import models as models_cmds
 from . import monitor as monitor_cmds
@@ -49,6 +50,7 @@ app.command("collector")(monitor_cmds.collector_cmd)
 app.add_typer(monitor_cmds.labels_app, name="labels")
 app.add_typer(models_cmds.app, name="models")
 app.add_typer(artifacts_cmds.app, name="artifacts")
+app.add_typer(firmware_cmds.app, name="firmware")
 app.command("train")(train_cmds.train)
 app.command("quantize")(train_cmds.quantize)
 app.command("check")(train_cmds.check)

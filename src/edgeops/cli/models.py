@@ -113,6 +113,40 @@ def show(
     if mv.metrics:
         console.print(kv_table("Metrics", mv.metrics))
     console.print(variants_table(d["variants"], mv.metrics))
+    footprints = footprint_table(d["variants"])
+    if footprints is not None:
+        console.print(footprints)
+
+
+def _short_toolchain(text: str) -> str:
+    """``arm-none-eabi-gcc (15:12.2.rel1-1) 12.2.1 20221205`` -> ``arm-none-eabi-gcc 12.2.1``."""
+    import re
+
+    m = re.match(r"(\S+).*?\s(\d+\.\d+(?:\.\d+)?)(?:\s|$)", text)
+    return f"{m.group(1)} {m.group(2)}" if m else text
+
+
+def footprint_table(variants: list[dict[str, Any]]) -> Any:
+    """Firmware footprints measured by `edgeops firmware generate --target cortex-m4`, or None."""
+    rows = [
+        [
+            v["name"],
+            fp.get("target", ""),
+            fp.get("flash_bytes"),
+            fp.get("ram_bytes"),
+            fp.get("arena_bytes") or "",
+            _short_toolchain(fp.get("toolchain", "")),
+        ]
+        for v in variants
+        if isinstance(fp := (v.get("metrics") or {}).get("footprint"), dict)
+    ]
+    if not rows:
+        return None
+    return table(
+        "Firmware footprint (bytes; flash = text + data, RAM = data + bss)",
+        ["variant", "target", "flash", "RAM", "TFLM arena", "toolchain"],
+        rows,
+    )
 
 
 def _cell(metrics: dict[str, Any], key: str) -> str:

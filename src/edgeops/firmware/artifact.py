@@ -1,7 +1,7 @@
 """The loadable emlearn artifact ("EOML"): a scikit-learn model as bytes a firmware loads.
 
 Over MQTT a microcontroller needs the model as data, not as C to compile. This
-module writes the format ``firmware_templates/core/edgeops_model_emlearn.c`` reads
+module writes the format ``templates/core/edgeops_model_emlearn.c`` reads
 (docs/firmware.md, "Artifact format"), little-endian throughout::
 
     header (32 bytes)  "EOML", u16 format 1, u16 kind (1 trees, 2 MLP),

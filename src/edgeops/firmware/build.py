@@ -1,4 +1,4 @@
-"""Building the C firmware templates (``firmware_templates/``) with gcc.
+"""Building the C firmware templates (``edgeops/firmware/templates/``) with gcc.
 
 The templates are C99 and are always compiled with ``-std=c99 -Wall -Wextra
 -Werror``; emlearn's headers (``emlearn.includedir``) come in with ``-isystem``
@@ -14,9 +14,11 @@ Functions, lowest level first:
 - :func:`build_program`: compile and link sources into an executable;
 - :func:`build_host`: the host firmware (``edgeops-firmware``);
 - :func:`build_conformance`: the conformance tool the tests drive
-  (``firmware_templates/tools/edgeops_conformance.c``).
+  (``templates/tools/edgeops_conformance.c``).
 
-``EDGEOPS_FIRMWARE_TEMPLATES`` points at another template folder; ``CC`` (or
+The templates are package data (``src/edgeops/firmware/templates/``), so they are
+installed with edgeops, wheel or editable; ``EDGEOPS_FIRMWARE_TEMPLATES`` points at
+another template folder; ``CC`` (or
 the ``cc`` argument) picks the compiler. Build failures raise
 :class:`FirmwareBuildError` with the compiler's output.
 """
@@ -61,13 +63,15 @@ class FirmwareBuildError(InvalidInput):
 
 
 def templates_dir() -> Path:
-    """The ``firmware_templates`` folder (of this checkout, or ``$EDGEOPS_FIRMWARE_TEMPLATES``)."""
+    """The firmware templates: ``edgeops/firmware/templates`` as installed (package data),
+    or ``$EDGEOPS_FIRMWARE_TEMPLATES``."""
     env = os.environ.get("EDGEOPS_FIRMWARE_TEMPLATES")
-    root = Path(env) if env else Path(__file__).resolve().parents[3] / "firmware_templates"
+    root = Path(env) if env else Path(__file__).resolve().parent / "templates"
     if not (root / "core" / "edgeops_agent.h").is_file():
         raise ConfigError(
-            f"no firmware templates at {root}; set EDGEOPS_FIRMWARE_TEMPLATES to the "
-            "firmware_templates folder of an edgeops checkout"
+            f"no firmware templates at {root}; reinstall edgeops, or set "
+            "EDGEOPS_FIRMWARE_TEMPLATES to a templates folder (src/edgeops/firmware/templates "
+            "of an edgeops checkout)"
         )
     return root
 
@@ -221,7 +225,7 @@ def build_host(
 
 def build_conformance(out_dir: Path, *, cc: str | None = None) -> Path:
     """The conformance tool: the core's pure parts behind a line protocol on stdin/stdout
-    (``firmware_templates/tools/edgeops_conformance.c``), for comparing them with Python."""
+    (``templates/tools/edgeops_conformance.c``), for comparing them with Python."""
     root = templates_dir()
     return build_program(
         [*core_sources(root), root / "tools" / "edgeops_conformance.c"],

@@ -36,6 +36,8 @@ class HostConfig:
     download_stall_s: float = 10.0
     download_timeout_s: float = 300.0
     keepalive: int = 30
+    flash_bytes: int = 0  # declared in the state when > 0 (a rollout checks the footprint)
+    ram_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
@@ -53,6 +55,11 @@ class HostConfig:
             "download_stall_s": self.download_stall_s,
             "download_timeout_s": self.download_timeout_s,
             "keepalive": self.keepalive,
+            **{
+                k: v
+                for k, v in (("flash_bytes", self.flash_bytes), ("ram_bytes", self.ram_bytes))
+                if v > 0
+            },
             **self.extra,
         }
         return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())

@@ -1,24 +1,22 @@
-"""HMAC-SHA256 manifests for microcontrollers: per-device keys, and a controller that uses them.
+"""HMAC-SHA256 manifests for microcontrollers: per-device keys, and the fleet's signer.
 
 Microcontroller firmware verifies manifests with HMAC-SHA256 and a key of its
 own (docs/protocol.md, alg ``hmac-sha256``), where Ed25519 is too heavy. The
 server keeps one key per device in ``<keys_dir>/devices/<device>.hmac`` (mode
-0600: ``<key_id> <base64 key>``); the same key is flashed into the device (the
-firmware's config: ``hmac_key_id``, ``hmac_key``).
+0600: ``<key_id> <base64 key>``, made by ``edgeops keys device``); the same key is
+flashed into the device (the firmware's config: ``hmac_key_id``, ``hmac_key``).
 
-:class:`FirmwareRolloutController` is the stop-gap until the rollout controller
-signs per device itself (docs/firmware.md, "What the server needs next"): a
-:class:`~edgeops.fleet.controller.RolloutController` whose manifests for devices
-with an HMAC key are HMAC-signed, and which gives those devices the loadable
-emlearn variant (``emlearn-loadable``) where the rollout chose ``c-emlearn`` (C
-source a device cannot load over the air).
+:class:`FleetSigner` is the rollout controller's default signer: HMAC with the
+device's key when it has one, Ed25519 with the fleet key otherwise.
+:class:`FirmwareRolloutController` is kept as a thin alias (a controller whose
+signer uses the device keys given to it); the controller itself now signs per
+device and prefers ``emlearn-loadable`` for emlearn firmware (``fleet.deploy``).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import secrets
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeops_protocol.manifest import sign_manifest, sign_manifest_hmac
-from edgeops_protocol.topics import device_topic, validate_id
+from edgeops_protocol.topics import validate_id
 
 from ..errors import ConfigError, Conflict
 from ..fleet.controller import RolloutController
@@ -38,6 +36,7 @@ __all__ = [
     "LOADABLE_VARIANT",
     "DeviceKey",
     "FirmwareRolloutController",
+    "FleetSigner",
     "generate_device_key",
     "load_device_keys",
     "sign_for_device",
@@ -101,8 +100,57 @@ def sign_for_device(
     return sign_manifest(manifest, signing_key.private)
 
 
+class FleetSigner:
+    """``signer(device, manifest) -> envelope``: HMAC-SHA256 with the device's key when it
+    has one, else Ed25519 with the fleet ``key``.
+
+    Device keys come from ``device_keys`` when given, else from ``<keys_dir>/devices/``,
+    read again whenever that folder changes (a key made by ``edgeops keys device`` while a
+    controller runs is used for the next manifest)."""
+
+    def __init__(
+        self,
+        key: Any,
+        *,
+        keys_dir: Path | None = None,
+        device_keys: Mapping[str, DeviceKey] | None = None,
+    ) -> None:
+        self.key = key
+        self.keys_dir = None if keys_dir is None else Path(keys_dir)
+        self._fixed = None if device_keys is None else dict(device_keys)
+        self._loaded: dict[str, DeviceKey] = {}
+        self._stamp: int | None = None
+
+    def device_keys(self) -> dict[str, DeviceKey]:
+        if self._fixed is not None:
+            return self._fixed
+        if self.keys_dir is None:
+            return {}
+        folder = self.keys_dir / "devices"
+        try:
+            stamp = folder.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._loaded, self._stamp = {}, None
+            return {}
+        if stamp != self._stamp:
+            self._loaded, self._stamp = load_device_keys(self.keys_dir), stamp
+        return self._loaded
+
+    def __call__(self, device: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        dk = self.device_keys().get(device)
+        if dk is not None:
+            return sign_manifest_hmac(manifest, dk.key, dk.key_id)
+        if self.key is None:
+            raise ConfigError(
+                f"no signing key to sign {device}'s manifest; run `edgeops keys generate`"
+            )
+        return sign_manifest(manifest, self.key.private)
+
+
 class FirmwareRolloutController(RolloutController):
-    """A rollout controller that signs microcontrollers' manifests with their HMAC keys."""
+    """A rollout controller whose signer uses the HMAC keys given (``device_keys``) instead
+    of ``<keys_dir>/devices/``. Kept for callers of the stop-gap; new code passes
+    ``signer=FleetSigner(key, device_keys=...)`` to :class:`RolloutController`."""
 
     def __init__(
         self,
@@ -112,51 +160,7 @@ class FirmwareRolloutController(RolloutController):
         clock: Callable[[], float] = time.time,
         *,
         device_keys: Mapping[str, DeviceKey],
-        loadable_variant: str = LOADABLE_VARIANT,
     ) -> None:
-        super().__init__(ws, key, client, clock)
         self.device_keys = dict(device_keys)
-        self.loadable_variant = loadable_variant
-
-    def _deploy(
-        self, rid: str, model_ref: str, device: str, targets: dict[str, Any], revert: bool
-    ) -> dict[str, Any] | None:
-        dk = self.device_keys.get(device)
-        if dk is None:
-            return super()._deploy(rid, model_ref, device, targets, revert)
-        t = targets["devices"][device]
-        if not revert and t["variant"] == "c-emlearn":
-            mv = self.ws.registry.get_version(model_ref)
-            if any(v.name == self.loadable_variant for v in mv.variants):
-                t = {**t, "variant": self.loadable_variant}
-                targets = {**targets, "devices": {**targets["devices"], device: t}}
-        out = super()._deploy(rid, model_ref, device, targets, revert)
-        if out is not None:
-            out["envelope"] = sign_manifest_hmac(out["envelope"]["manifest"], dk.key, dk.key_id)
-        return out
-
-    def resign_expiring(self, now: float, margin: float | None = None) -> int:
-        """As the base class, but each device's manifest is signed the way it verifies."""
-        n = 0
-        for d in self.fleet.desired():
-            m = dict(d.envelope["manifest"])
-            life = m["expires_at"] - m["issued_at"]
-            if d.expires_at - now > (life / 2 if margin is None else margin):
-                continue
-            m["issued_at"], m["expires_at"] = now, now + life
-            envelope = sign_for_device(m, self.key, self.device_keys)
-            if self.client is not None:
-                topic = device_topic(self.fleet.fleet, d.device_id, "desired")
-                self.client.publish_all([(topic, json.dumps(envelope).encode(), True)])
-            self.fleet.save_desired(
-                d.device_id,
-                d.seq,
-                d.rollout_id,
-                d.model_ref,
-                d.variant,
-                d.sha256,
-                envelope,
-                m["expires_at"],
-            )
-            n += 1
-        return n
+        signer = FleetSigner(key, device_keys=self.device_keys)
+        super().__init__(ws, key, client, clock, signer=signer)

@@ -5,6 +5,12 @@ messages into engine events and fleet records, and persists each rollout's
 engine state after every step, so a restarted controller resumes where the
 last one stopped. A rollout is driven by one controller at a time: the one
 holding its lease (renewed every tick, taken over when it lapses).
+
+Manifests are signed by a ``signer(device, manifest) -> envelope``. The default
+(:class:`edgeops.firmware.signing.FleetSigner`) signs with HMAC-SHA256 for a
+device that has a key in ``<keys_dir>/devices/`` (microcontroller firmware) and
+with the fleet's Ed25519 key otherwise, when publishing and when re-signing
+before expiry alike.
 """
 
 from __future__ import annotations
@@ -48,11 +54,20 @@ from ..rollout import (
     summary,
 )
 from ..store.schema import Rollout
-from .deploy import ManifestOptions, build_manifest, choose_variant, publish_artifact, sign
+from .deploy import (
+    ManifestOptions,
+    build_manifest,
+    choose_fitting_variant,
+    declared_memory,
+    publish_artifact,
+)
 from .keys import SigningKey
 from .store import FleetStore
 
-__all__ = ["LEASE_SECONDS", "TERMINAL", "RolloutController", "RolloutOptions"]
+__all__ = ["LEASE_SECONDS", "TERMINAL", "RolloutController", "RolloutOptions", "Signer"]
+
+# signer(device, manifest) -> the signed envelope published on the device's desired topic
+Signer = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 log = logging.getLogger("edgeops.rollout")
 LEASE_SECONDS = float(os.environ.get("EDGEOPS_ROLLOUT_LEASE_S", "15"))
@@ -74,12 +89,35 @@ class RolloutOptions:
     gates: QualityGates = field(default_factory=QualityGates)  # judged while stages soak
 
 
+def _with_memory(state: dict[str, Any], payload: bytes) -> dict[str, Any]:
+    """``state`` with the optional ``flash_bytes`` / ``ram_bytes`` of the raw message, which
+    ``parse_state`` does not keep (yet): the footprint check reads them from the device's
+    recorded state."""
+    if not state.get("online"):
+        return state
+    try:
+        raw = json.loads(payload)
+    except ValueError:
+        return state
+    return {**state, **declared_memory(raw)} if isinstance(raw, dict) else state
+
+
 class RolloutController:
     def __init__(
-        self, ws: Any, key: SigningKey, client: Any = None, clock: Callable[[], float] = time.time
+        self,
+        ws: Any,
+        key: SigningKey | None,
+        client: Any = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        signer: Signer | None = None,
     ) -> None:
+        from ..firmware.signing import FleetSigner  # imports this module: not at the top
+
         self.ws = ws
         self.key = key
+        # default: HMAC for devices with a key in <keys_dir>/devices/, else Ed25519 (key)
+        self.signer: Signer = signer or FleetSigner(key, keys_dir=ws.settings.keys_dir)
         self.client = client
         self.clock = clock
         self.fleet = FleetStore(ws.db, ws.settings.fleet)
@@ -103,11 +141,10 @@ class RolloutController:
         targets: dict[str, Any] = {}
         skipped: dict[str, str] = {}
         for dev in devices:
-            variant = choose_variant(mv, dev.state or {}, opts.variant)
+            # the variant it runs best, unless its footprint exceeds the declared flash/RAM
+            variant, why = choose_fitting_variant(mv, dev.state or {}, opts.variant)
             if variant is None:
-                skipped[dev.device_id] = "no variant for its runtimes " + ", ".join(
-                    (dev.state or {}).get("runtimes", []) or ["(none reported)"]
-                )
+                skipped[dev.device_id] = why
                 continue
             targets[dev.device_id] = {
                 "variant": variant.name,
@@ -115,10 +152,11 @@ class RolloutController:
                 "previous": self._previous(dev.state or {}),
             }
         if not targets:
+            reasons = "; ".join(f"{d}: {why}" for d, why in sorted(skipped.items())[:3])
             raise InvalidInput(
                 f"none of the {len(devices)} devices matching {selector!r} can "
                 f"run a variant of {mv.ref} (variants: "
-                f"{', '.join(v.name for v in mv.variants)})"
+                f"{', '.join(v.name for v in mv.variants)}): {reasons}"
             )
         rid = f"r-{secrets.token_hex(4)}"
         plan = RolloutPlan(
@@ -259,7 +297,7 @@ class RolloutController:
             try:
                 fleet, device, kind = parse_device_topic(msg.topic)
                 if kind == "state":
-                    state = parse_state(msg.payload)
+                    state = _with_memory(parse_state(msg.payload), msg.payload)
                     if state["device"] == device and fleet == self.fleet.fleet:
                         states.append(state)
                 elif kind == "events":
@@ -441,7 +479,7 @@ class RolloutController:
             now=self.clock(),
             chunks=chunks,
         )
-        envelope = sign(manifest, self.key)
+        envelope = self.signer(device, manifest)
         return {
             "device": device,
             "seq": seq,
@@ -493,7 +531,7 @@ class RolloutController:
             if d.expires_at - now > (life / 2 if margin is None else margin):
                 continue
             m["issued_at"], m["expires_at"] = now, now + life
-            envelope = sign(m, self.key)
+            envelope = self.signer(d.device_id, m)  # each device as it verifies
             if self.client is not None:
                 self.client.publish_all(
                     [

@@ -2,8 +2,12 @@
 
 Which variant a device gets: the one named, or else the best its runtimes can
 run — ``tflite-int8`` then ``tflite-f32`` for TFLite runtimes, ``onnx-int8`` then
-``onnx-f32`` for onnxruntime (and ``c-tflm`` / ``c-emlearn`` for microcontroller
-firmware).
+``onnx-f32`` for onnxruntime, ``c-tflm`` for TFLite Micro, and for emlearn
+firmware ``emlearn-loadable`` (the model as data, loaded over the air) then
+``c-emlearn``. A device that declares ``flash_bytes`` / ``ram_bytes`` in its
+state is skipped when that variant's measured footprint (``metrics["footprint"]``,
+from ``edgeops firmware generate --target cortex-m4``) needs more
+(:func:`footprint_misfit`, :func:`choose_fitting_variant`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ __all__ = [
     "PREFERENCE",
     "ManifestOptions",
     "build_manifest",
+    "choose_fitting_variant",
     "choose_variant",
+    "declared_memory",
+    "footprint_misfit",
     "publish_artifact",
 ]
 
@@ -34,8 +41,9 @@ PREFERENCE = {
     "tflite": ("tflite-int8", "tflite-f32"),
     "onnx": ("onnx-int8", "onnx-f32"),
     "tflm": ("c-tflm",),
-    "emlearn": ("c-emlearn",),
+    "emlearn": ("emlearn-loadable", "c-emlearn"),
 }
+MEMORY_FIELDS = ("flash_bytes", "ram_bytes")  # optional state fields (docs/protocol.md)
 _FORMAT_FAMILY = {"tflite": "tflite", "onnx": "onnx", "c-tflm": "tflm", "c-emlearn": "emlearn"}
 
 
@@ -79,6 +87,62 @@ def choose_variant(mv: Any, state: dict[str, Any], wanted: str | None = None) ->
             if name in by_name:
                 return by_name[name]
     return None
+
+
+def declared_memory(state: dict[str, Any]) -> dict[str, int]:
+    """The ``flash_bytes`` / ``ram_bytes`` a device declares in its state (positive ints)."""
+    out = {}
+    for k in MEMORY_FIELDS:
+        v = state.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            out[k] = v
+    return out
+
+
+def _size(n: int) -> str:
+    return f"{n} B"
+
+
+def footprint_misfit(variant: Any, state: dict[str, Any]) -> str | None:
+    """Why ``variant`` does not fit the device, or None (it fits, or nothing is known).
+
+    The variant's ``metrics["footprint"]`` gives the flash (text + data) and RAM
+    (data + bss, plus the TFLM tensor arena) of the firmware built for it; the device
+    declares what it offers in its state. Unknown on either side is not a misfit."""
+    fp = (variant.metrics or {}).get("footprint") or {}
+    mem = declared_memory(state)
+    flash = int(fp.get("flash_bytes") or 0)
+    ram = int(fp.get("ram_bytes") or 0) + int(fp.get("arena_bytes") or 0)
+    if not fp or not mem:
+        return None
+    short = ("flash_bytes" in mem and flash > mem["flash_bytes"]) or (
+        "ram_bytes" in mem and ram > mem["ram_bytes"]
+    )
+    if not short:
+        return None
+    has = " / ".join(
+        f"{_size(mem[k])} {'flash' if k == 'flash_bytes' else 'RAM'}"
+        for k in MEMORY_FIELDS
+        if k in mem
+    )
+    return (
+        f"variant {variant.name} needs {_size(flash)} flash / {_size(ram)} RAM "
+        f"({fp.get('target', 'measured')}), device has {has}"
+    )
+
+
+def choose_fitting_variant(
+    mv: Any, state: dict[str, Any], wanted: str | None = None
+) -> tuple[Any | None, str]:
+    """``(variant, "")``: the variant :func:`choose_variant` gives the device, when it fits
+    the device's declared flash and RAM; else ``(None, why)``. A variant that does not fit
+    is not swapped for a less preferred one: the device is skipped with the reason."""
+    variant = choose_variant(mv, state, wanted)
+    if variant is None:
+        runtimes = ", ".join(state.get("runtimes", []) or ["(none reported)"])
+        return None, f"no variant for its runtimes {runtimes}"
+    why = footprint_misfit(variant, state)
+    return (None, why) if why else (variant, "")
 
 
 def _atol(variant: Any) -> float:

@@ -64,6 +64,11 @@ def variant_predict(variant: Any, data: bytes, n_features: int) -> tuple[Any, An
 
         arena = int(variant.metrics.get("arena_bytes") or 1 << 20)
         return TFLMRunner(c_array_bytes(data.decode()), arena).predict, lambda: None
+    if variant.format == "c-emlearn" and data[:4] == b"EOML":  # emlearn-loadable
+        from ..firmware.runner import EomlRunner
+
+        eoml = EomlRunner(data)
+        return eoml.predict, eoml.close
     if variant.format == "c-emlearn":
         from ..convert.emlearn_c import EmlearnCRunner
         from .variants import C_SYMBOL

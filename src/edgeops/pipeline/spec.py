@@ -47,7 +47,15 @@ __all__ = [
 SKLEARN_KINDS = ("logistic_regression", "random_forest", "gradient_boosting", "mlp")
 KERAS_KINDS = ("keras_mlp", "keras_cnn1d")
 MODEL_KINDS = SKLEARN_KINDS + KERAS_KINDS
-EXPORT_FORMATS = ("tflite-f32", "tflite-int8", "c-tflm", "onnx-f32", "onnx-int8", "c-emlearn")
+EXPORT_FORMATS = (
+    "tflite-f32",
+    "tflite-int8",
+    "c-tflm",
+    "onnx-f32",
+    "onnx-int8",
+    "c-emlearn",
+    "emlearn-loadable",
+)
 GATES = ("min_accuracy", "max_accuracy_drop", "min_agreement", "max_size_bytes", "max_latency_ms")
 _TOP = (
     "name",
@@ -175,11 +183,13 @@ def parse_pipeline(raw: Any, source: str = "") -> PipelineSpec:
         bad = sorted(keras_only & set(export))[0]
         raise InvalidInput(
             f"pipeline field 'export': {bad} needs a Keras model (model.kind keras_mlp or "
-            f"keras_cnn1d); scikit-learn models export to onnx-f32, onnx-int8, c-emlearn"
+            f"keras_cnn1d); scikit-learn models export to onnx-f32, onnx-int8, c-emlearn, "
+            "emlearn-loadable"
         )
-    if kind in KERAS_KINDS and "c-emlearn" in export:
+    emlearn_only = sorted({"c-emlearn", "emlearn-loadable"} & set(export))
+    if kind in KERAS_KINDS and emlearn_only:
         raise InvalidInput(
-            "pipeline field 'export': c-emlearn is for scikit-learn trees and MLPs; "
+            f"pipeline field 'export': {emlearn_only[0]} is for scikit-learn trees and MLPs; "
             "Keras models export to C as c-tflm"
         )
 

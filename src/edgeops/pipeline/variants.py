@@ -2,7 +2,8 @@
 
 Each format gives bytes to store, a runner to evaluate them (ai-edge-litert or
 tflite-runtime for TFLite, onnxruntime for ONNX, the tflite-micro interpreter
-for the TFLM C array, the gcc-compiled program for emlearn C), and what a device
+for the TFLM C array, the gcc-compiled program for emlearn C, the firmware's own
+EOML loader for ``emlearn-loadable``), and what a device
 needs: input/output tensors with quantization parameters, the feature version
 and its fitted parameters, label names, the baseline profile of inputs and
 outputs on the training data, and test vectors for the device's health check.
@@ -37,6 +38,8 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     "onnx-f32": ("onnx", "onnx", "f32"),
     "onnx-int8": ("onnx", "onnx", "int8"),
     "c-emlearn": ("c-emlearn", "emlearn", "f32"),
+    # the same trees / MLP as data (EOML) that a firmware loads over the air
+    "emlearn-loadable": ("c-emlearn", "emlearn", "f32"),
 }
 
 
@@ -116,24 +119,48 @@ def export_variant(
 
         code = sklearn_to_emlearn_c(trained.model, C_SYMBOL)
         runner = EmlearnCRunner(code, C_SYMBOL, X_train.shape[1])
-        tensors = {
-            "inputs": [
-                {
-                    "name": "features",
-                    "shape": [1, X_train.shape[1]],
-                    "dtype": "float32",
-                    "scale": 0.0,
-                    "zero_point": 0,
-                }
-            ],
-            "outputs": [
-                {"name": "class", "shape": [1], "dtype": "int32", "scale": 0.0, "zero_point": 0}
-            ],
-        }
-        exp = Exported(fmt, code.encode(), runner.predict, tensors, {}, close=runner.close)
+        exp = Exported(
+            fmt, code.encode(), runner.predict, _c_tensors(X_train.shape[1]), {}, close=runner.close
+        )
         exp.metrics.update({k: v for k, v in runner.latency_ms(X_train[:200]).items()})
         return exp
+    if fmt == "emlearn-loadable":
+        from ..firmware.artifact import FORMAT_VERSION, emlearn_loadable, read_header
+        from ..firmware.runner import EomlRunner
+
+        data = emlearn_loadable(trained.model)
+        eoml = EomlRunner(data)
+        info = {
+            "artifact": "EOML",
+            "artifact_format": FORMAT_VERSION,
+            "kind": "trees" if read_header(data).kind == 1 else "mlp",
+            "from": "original",
+        }
+        exp = Exported(
+            fmt, data, eoml.predict, _c_tensors(X_train.shape[1]), info, close=eoml.close
+        )
+        exp.metrics.update(eoml.latency_ms(X_train[:200]))
+        return exp
     raise InvalidInput(f"unknown variant format {fmt!r}")
+
+
+def _c_tensors(n_features: int) -> dict[str, Any]:
+    """Tensors of the emlearn variants (``c-emlearn``, ``emlearn-loadable``): float32
+    features in, the class index out."""
+    return {
+        "inputs": [
+            {
+                "name": "features",
+                "shape": [1, n_features],
+                "dtype": "float32",
+                "scale": 0.0,
+                "zero_point": 0,
+            }
+        ],
+        "outputs": [
+            {"name": "class", "shape": [1], "dtype": "int32", "scale": 0.0, "zero_point": 0}
+        ],
+    }
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:

@@ -219,7 +219,9 @@ def _accuracy(ws: Any, mv: Any, variant: str, sets: dict[str, Any]) -> dict[str,
                 continue
             X = fitted.transform(data) if kind == "frame" else fitted.transform_rows(data)
             scores = np.asarray(predict(X.astype(np.float32)))
-            right = int((labels[np.argmax(scores, axis=1)] == np.asarray(truth, object)).sum())
+            # class scores, or class indices from the emlearn variants
+            idx = scores.astype(np.int64) if scores.ndim == 1 else np.argmax(scores, axis=1)
+            right = int((labels[idx] == np.asarray(truth, object)).sum())
             out[name] = {"n": len(truth), "correct": right, "accuracy": right / len(truth)}
             right_all, n_all = right_all + right, n_all + len(truth)
     finally:
