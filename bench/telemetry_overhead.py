@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/telemetry_overhead.py [--quick] [--json OUT] [--check] [--models a,b]
+    python bench/telemetry_overhead.py [--quick] [--json OUT] [--check] [--models a,b] [--batch 32]
 
 The issue's target: agent inference throughput with statistics on, over a bare
 interpreter loop on the same model, single-row predictions, at least 0.90.
@@ -31,18 +31,37 @@ and the medians come from the undisturbed ones:
 * (ii)  ``on``: ``agent.predictor.predict_features(row)`` of a real
         :class:`edgeops_agent.Agent` (not connected) with ``telemetry = true``: the
         predictor (checks, probation listener, labels and scores for the result) and
-        the telemetry listener calling ``WindowStats.update``. Each block ends with
-        ``telemetry.drain()``, the worker's share (closed windows to JSON, checked),
-        so it is counted too; the outbox's disk write (one a minute) is not;
+        the telemetry listener calling ``WindowStats.update``, with the agent's default
+        windows (250 predictions or 60 s). Each block ends with ``telemetry.tick()`` and
+        ``telemetry.drain()``, the worker's share (closed windows to JSON, checked with
+        ``parse_telemetry``), so it is counted too (and reported apart, "of which
+        worker"); the outbox's disk write (once a window, on the worker) is not;
 * (iii) ``off``: the same agent path with ``telemetry = false``;
-* (iv)  ``sampling``: ``on`` plus sampling at 3600 samples an hour (a tick a block).
+* (iv)  ``sampling``: ``on`` plus sampling at 3600 samples an hour (a tick a block);
 
-``WindowStats.update`` alone is timed too, on the same rows and outputs.
+and in batches (``--batch`` rows a call, 32 by default; the same rows, grouped):
+
+* (v)   ``bare32``: the runner's ``predict`` on a ``(32, n)`` batch. The TFLite runner
+        resizes the interpreter's input to the batch and invokes it once for all rows,
+        so this is the like-for-like baseline; it has its own runner (interpreter), so
+        that neither it nor the single-row runner is resized back and forth;
+* (vi)  ``on32``: ``predict_features`` of a ``(32, n)`` batch, statistics on (the
+        telemetry listener counts the batch with ``WindowStats.update_many``), on the
+        batch runner;
+* (vii) ``off32``: the same with statistics off.
+
+Batched paths are reported per prediction (per row), against both ``bare32`` and the
+single-row ``bare`` loop (the interpreter invoked once per row, which is what the
+issue's bare loop is).
+
+``WindowStats.update`` alone is timed too, on the same rows and outputs, and
+``update_many`` on the same rows in batches (2,048 rows a run: whole 1,024-row blocks).
 
 Reported: microseconds per prediction; ``on/bare`` = throughput of (ii) over (i)
 (the target); ``on/off`` = what the statistics alone cost the agent path; the
-statistics' cost in microseconds = (ii) - (iii), per repetition. The exit status is
-0 whatever the numbers; with ``--check`` it is 1 if a model misses the target.
+statistics' cost in microseconds = (ii) - (iii), per repetition; for batches
+``on32/bare32`` and ``on32/bare``. The exit status is 0 whatever the numbers; with
+``--check`` it is 1 if a model misses the target (single rows, the issue's target).
 Results and their explanation: docs/benchmarks.md.
 """
 
@@ -74,7 +93,7 @@ CONTEXT = {"cnn-large-f32"}  # shown for comparison, not counted by --check
 ALL_MODELS = "mlp-f32,mlp-int8,cnn-int8,cnn-wide-int8,cnn-large-f32"
 SEED = 0
 LABELS = ["walk", "run", "still", "stairs"]
-PATHS = ("bare", "on", "off", "sampling")
+PATHS = ("bare", "on", "off", "sampling", "bare32", "on32", "off32")
 
 
 @dataclass
@@ -83,14 +102,22 @@ class Result:
     params: int
     model_bytes: int
     features: int
-    us: dict[str, float]  # median microseconds per prediction, by path
+    us: dict[str, float]  # median microseconds per prediction (per row), by path
     update_us: float  # WindowStats.update alone
+    update_many_us: float  # WindowStats.update_many alone, per row, in batches
     stats_us: float  # median over repetitions of (on - off)
+    worker_us: dict[str, float]  # of which the worker's share (tick, drain: windows to JSON)
     on_over_bare: float  # throughput ratio, median over repetitions
     on_over_off: float
     off_over_bare: float
     on_over_bare_iqr: tuple[float, float]  # 25th and 75th percentiles over repetitions
     met: bool
+    batch: int  # rows per call of the batched paths
+    on32_over_bare32: float  # batched agent, statistics on, over the batched runner
+    on32_over_bare: float  # batched agent, statistics on, over the single-row bare loop
+    on32_over_off32: float
+    on32_over_bare32_iqr: tuple[float, float]
+    stats32_us: float  # median over repetitions of (on32 - off32), per row
     reps: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -201,14 +228,17 @@ def make_agent(state: Path, **over: Any) -> Any:
     return agent
 
 
-def time_block(fn: Callable[[np.ndarray], Any], rows: list[np.ndarray], n: int) -> float:
-    """Microseconds per call of ``fn`` over ``n`` calls cycling through ``rows``."""
+def time_block(
+    fn: Callable[[np.ndarray], Any], rows: list[np.ndarray], n: int, per_call: int = 1
+) -> float:
+    """Microseconds per row of ``fn`` over ``n`` calls cycling through ``rows``
+    (``per_call`` rows a call)."""
     k = len(rows)
     gc.collect()
     start = time.perf_counter_ns()
     for i in range(n):
         fn(rows[i % k])
-    return (time.perf_counter_ns() - start) / n / 1000.0
+    return (time.perf_counter_ns() - start) / (n * per_call) / 1000.0
 
 
 def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, args: Any) -> Result:
@@ -228,28 +258,42 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
     baseline = baseline_profile(flat_train, outputs, features, LABELS)
     manifest = manifest_for(data, name, baseline)
     rows = [test[i : i + 1] for i in range(min(256, len(test)))]
+    size = args.batch
+    batches = [np.concatenate(rows[i : i + size]) for i in range(0, len(rows) - size + 1, size)]
+    runner_b = load_runner("tflite", data)  # stays at the batch size (see the module doc)
 
     tmp = Path(tempfile.mkdtemp(prefix="edgeops-bench-"))
     agents = {
         "on": make_agent(tmp / "on"),
         "off": make_agent(tmp / "off", telemetry=False),
         "sampling": make_agent(tmp / "sampling", samples_per_hour=3600),
+        "on32": make_agent(tmp / "on32"),
+        "off32": make_agent(tmp / "off32", telemetry=False),
     }
-    for agent in agents.values():
-        agent.predictor.load(LoadedModel.build(runner, manifest))
+    for path, agent in agents.items():
+        agent.predictor.load(
+            LoadedModel.build(runner_b if path.endswith("32") else runner, manifest)
+        )
 
     def block(path: str, n: int) -> float:
-        if path == "bare":
-            return time_block(runner.predict, rows, n)
+        batched = path.endswith("32")
+        calls, inputs, per_call = (max(1, n // size), batches, size) if batched else (n, rows, 1)
+        if path.startswith("bare"):
+            return time_block((runner_b if batched else runner).predict, inputs, calls, per_call)
         agent = agents[path]
-        us = time_block(agent.predictor.predict_features, rows, n)
+        us = time_block(agent.predictor.predict_features, inputs, calls, per_call)
         start = time.perf_counter_ns()
         agent.telemetry.tick()  # the agent's tick (closes windows by time, sampling rate)
         agent.telemetry.drain()  # the worker's share: windows to JSON
-        return us + (time.perf_counter_ns() - start) / n / 1000.0
+        worker = (time.perf_counter_ns() - start) / (calls * per_call) / 1000.0
+        worker_us.setdefault(path, []).append(worker)
+        return us + worker
+
+    worker_us: dict[str, list[float]] = {}
 
     for path in PATHS:  # warm up: interpreter, caches, the first window's baseline
         block(path, 500)
+    worker_us.clear()
     reps: list[dict[str, float]] = []
     for r in range(args.reps):
         order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]  # rotate who goes first
@@ -260,13 +304,25 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
     out = runner.predict(np.concatenate(rows))
     ws = WindowStats(window_baseline(manifest, x.shape[1], out.shape[1])[0])
     k = len(x)
+    n_alone = max(args.n, 2048)  # whole 1,024-row blocks: each run pays for its flushes
     update_runs = []
     for _ in range(max(3, args.reps // 3)):
         gc.collect()
         start = time.perf_counter_ns()
-        for i in range(args.n):
+        for i in range(n_alone):
             ws.update(x[i % k], out[i % k], 0.05)
-        update_runs.append((time.perf_counter_ns() - start) / args.n / 1000.0)
+        update_runs.append((time.perf_counter_ns() - start) / n_alone / 1000.0)
+    # WindowStats.update_many alone, in batches of the same rows
+    xb = [x[i : i + size] for i in range(0, k - size + 1, size)]
+    ob = [out[i : i + size] for i in range(0, k - size + 1, size)]
+    calls = max(1, n_alone // size)
+    many_runs = []
+    for _ in range(max(3, args.reps // 3)):
+        gc.collect()
+        start = time.perf_counter_ns()
+        for i in range(calls):
+            ws.update_many(xb[i % len(xb)], ob[i % len(ob)], 0.05)
+        many_runs.append((time.perf_counter_ns() - start) / (calls * size) / 1000.0)
 
     def quartile(values: list[float], k: int) -> float:
         return float(np.percentile(values, 25 * k))
@@ -275,6 +331,7 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
         return statistics.median(rep[key] for rep in reps)
 
     on_bare = [rep["bare"] / rep["on"] for rep in reps]
+    on32_bare32 = [rep["bare32"] / rep["on32"] for rep in reps]
     return Result(
         model=name,
         params=int(keras_model.count_params()),
@@ -282,12 +339,23 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
         features=x.shape[1],
         us={p: round(med(p), 2) for p in PATHS},
         update_us=round(statistics.median(update_runs), 2),
+        update_many_us=round(statistics.median(many_runs), 2),
         stats_us=round(statistics.median(rep["on"] - rep["off"] for rep in reps), 2),
+        worker_us={p: round(statistics.median(v), 2) for p, v in worker_us.items()},
         on_over_bare=round(statistics.median(on_bare), 3),
         on_over_off=round(statistics.median(rep["off"] / rep["on"] for rep in reps), 3),
         off_over_bare=round(statistics.median(rep["bare"] / rep["off"] for rep in reps), 3),
         on_over_bare_iqr=(round(quartile(on_bare, 1), 3), round(quartile(on_bare, 3), 3)),
         met=statistics.median(on_bare) >= TARGET,
+        batch=size,
+        on32_over_bare32=round(statistics.median(on32_bare32), 3),
+        on32_over_bare=round(statistics.median(rep["bare"] / rep["on32"] for rep in reps), 3),
+        on32_over_off32=round(statistics.median(rep["off32"] / rep["on32"] for rep in reps), 3),
+        on32_over_bare32_iqr=(
+            round(quartile(on32_bare32, 1), 3),
+            round(quartile(on32_bare32, 3), 3),
+        ),
+        stats32_us=round(statistics.median(rep["on32"] - rep["off32"] for rep in reps), 2),
         reps=reps,
     )
 
@@ -320,8 +388,8 @@ def machine() -> dict[str, Any]:
 def table(results: list[Result]) -> str:
     head = (
         "| model | inputs | bare µs | agent off µs | agent on µs | +sampling µs | stats µs "
-        "| update() µs | on/bare (IQR), target ≥ 0.90 | on/off | off/bare |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n"
+        "| of which worker µs | update() µs | on/bare (IQR), target ≥ 0.90 | on/off | off/bare |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n"
     )
     lines = []
     for r in results:
@@ -330,11 +398,31 @@ def table(results: list[Result]) -> str:
         star = "\\*" if r.model in CONTEXT else ""
         lines.append(
             f"| {r.model}{star} | {r.features} | {r.us['bare']:.1f} | {r.us['off']:.1f} "
-            f"| {r.us['on']:.1f} | {r.us['sampling']:.1f} | {r.stats_us:.1f} | {r.update_us:.1f} "
+            f"| {r.us['on']:.1f} | {r.us['sampling']:.1f} | {r.stats_us:.1f} "
+            f"| {r.worker_us.get('on', 0.0):.1f} | {r.update_us:.1f} "
             f"| {r.on_over_bare:.2f} ({lo:.2f}–{hi:.2f}) {verdict} | {r.on_over_off:.2f} "
             f"| {r.off_over_bare:.2f} |"
         )
-    return head + "\n".join(lines)
+    batch = results[0].batch if results else 32
+    head2 = (
+        f"\n\nBatches of {batch} rows (µs per row):\n\n"
+        "| model | bare µs (1 row/call) | bare µs (batch) | agent off µs | agent on µs "
+        "| stats µs | of which worker µs | update_many() µs | on/bare-batch (IQR) "
+        "| on/bare (1 row/call) | on/off |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n"
+    )
+    lines2 = []
+    for r in results:
+        lo, hi = r.on32_over_bare32_iqr
+        star = "\\*" if r.model in CONTEXT else ""
+        lines2.append(
+            f"| {r.model}{star} | {r.us['bare']:.1f} | {r.us['bare32']:.1f} | {r.us['off32']:.1f} "
+            f"| {r.us['on32']:.1f} | {r.stats32_us:.1f} | {r.worker_us.get('on32', 0.0):.1f} "
+            f"| {r.update_many_us:.2f} "
+            f"| {r.on32_over_bare32:.2f} ({lo:.2f}–{hi:.2f}) | {r.on32_over_bare:.2f} "
+            f"| {r.on32_over_off32:.2f} |"
+        )
+    return head + "\n".join(lines) + head2 + "\n".join(lines2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, help="repetitions (default 61; --quick 21)")
     parser.add_argument("--n", type=int, help="predictions per block (default 500; --quick 200)")
+    parser.add_argument("--batch", type=int, default=32, help="rows a call, batched paths")
     args = parser.parse_args(argv)
     args.reps = args.reps or (21 if args.quick else 61)
     args.n = args.n or (200 if args.quick else 500)

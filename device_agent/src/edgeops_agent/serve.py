@@ -96,8 +96,9 @@ class Predictor:
     ) -> None:
         self._model: LoadedModel | None = None
         self._extra_s = extra_latency_ms / 1000.0
-        self._listeners: list[Listener] = [on_prediction] if on_prediction else []
-        self._batch_listeners: list[BatchListener] = []
+        # tuples, replaced on add: a prediction iterates them without a copy or a lock
+        self._listeners: tuple[Listener, ...] = (on_prediction,) if on_prediction else ()
+        self._batch_listeners: tuple[BatchListener, ...] = ()
         self.label_sink: Callable[[str, str], None] | None = None  # set by the agent
 
     @property
@@ -109,10 +110,10 @@ class Predictor:
         self._model = model
 
     def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._listeners = (*self._listeners, listener)
 
     def add_batch_listener(self, listener: BatchListener) -> None:
-        self._batch_listeners.append(listener)
+        self._batch_listeners = (*self._batch_listeners, listener)
 
     def send_label(self, sample_id: str, label: str) -> None:
         """Ground truth for a sampled prediction (its result's ``sample_id``), sent by the agent."""
@@ -187,11 +188,82 @@ class Predictor:
                 raise ValueError(f"the model returned {len(out)} rows for {len(x)}")
         except Exception as exc:  # the model failed: counted, then reported to the caller
             error = exc
-        latency_ms = (time.perf_counter() - start) * 1000.0 / len(x)
+        n = len(x)
+        latency_ms = (time.perf_counter() - start) * 1000.0 / n
         if error is not None or out is None:
-            self._notify(x, None, latency_ms, [True] * len(x))
+            self._notify(x, None, latency_ms, [True] * n)
             self._notify_batch(model, rows, x, None, latency_ms)
             raise PredictionError(f"the model failed: {error}") from error
+        if out.ndim != 2 or out.shape[1] == 0:
+            return self._results_other(model, rows, x, out, latency_ms)
+        if n == 1:  # the common case, in plain Python: numpy calls cost more for 1 row
+            scores = out.tolist()[0]
+            total = sum(scores)  # finite if and only if every score is (or it overflowed)
+            ok = total - total == 0.0 or all(map(math.isfinite, scores))
+            if self._listeners:
+                x0, out0, err = x[0], out[0], not ok
+                for listener in self._listeners:
+                    try:
+                        listener(x0, out0, latency_ms, err)
+                    except Exception:  # a listener must never break a prediction
+                        continue
+            sampled = (
+                self._notify_batch(model, rows, x, out, latency_ms)
+                if self._batch_listeners
+                else None
+            )
+            label: Any = None
+            if ok:
+                k = scores.index(max(scores)) if len(scores) > 1 else int(scores[0] >= 0.5)
+                label = model.labels[k] if 0 <= k < len(model.labels) else k
+            else:
+                scores = [v if math.isfinite(v) else None for v in scores]
+            results = [{"label": label, "scores": scores}]
+            for i, sample_id in (sampled or {}).items():
+                results[i]["sample_id"] = sample_id
+            return results
+        finite = np.isfinite(out)
+        row_ok = finite.all(axis=1)
+        all_ok = bool(row_ok.all())
+        if self._listeners:
+            self._notify(x, out, latency_ms, [False] * n if all_ok else (~row_ok).tolist())
+        sampled = (
+            self._notify_batch(model, rows, x, out, latency_ms) if self._batch_listeners else None
+        )
+        if out.shape[1] > 1:  # labels_of, with non-finite scores as 0
+            label_idx = (out if all_ok else np.where(finite, out, 0.0)).argmax(axis=1).tolist()
+        else:
+            label_idx = (out[:, 0] >= 0.5).tolist()
+        labels, n_labels = model.labels, len(model.labels)
+        all_scores = out.tolist()
+        if all_ok:
+            results = [
+                {"label": labels[k] if 0 <= k < n_labels else int(k), "scores": row}
+                for k, row in zip(label_idx, all_scores)  # noqa: B905 - Python 3.9
+            ]
+        else:
+            results = []
+            for k, row, ok in zip(label_idx, all_scores, row_ok.tolist()):  # noqa: B905
+                if ok:
+                    results.append(
+                        {"label": labels[k] if 0 <= k < n_labels else int(k), "scores": row}
+                    )
+                else:
+                    scores = [v if math.isfinite(v) else None for v in row]
+                    results.append({"label": None, "scores": scores})
+        for i, sample_id in (sampled or {}).items():
+            results[i]["sample_id"] = sample_id
+        return results
+
+    def _results_other(
+        self,
+        model: LoadedModel,
+        rows: Sequence[Mapping[str, Any]] | None,
+        x: np.ndarray,
+        out: np.ndarray,
+        latency_ms: float,
+    ) -> list[dict[str, Any]]:
+        """Outputs that are not ``(n, k)`` scores with ``k >= 1``: the general path."""
         flat = out.reshape(len(out), -1)
         finite = np.isfinite(flat).all(axis=1)
         self._notify(x, flat, latency_ms, [not bool(f) for f in finite])
@@ -214,7 +286,7 @@ class Predictor:
     def _notify(
         self, x: np.ndarray, out: np.ndarray | None, latency_ms: float, errors: list[bool]
     ) -> None:
-        for listener in list(self._listeners):
+        for listener in self._listeners:
             for i, err in enumerate(errors):
                 try:
                     listener(x[i], None if out is None else out[i], latency_ms, err)
@@ -228,13 +300,13 @@ class Predictor:
         x: np.ndarray,
         out: np.ndarray | None,
         latency_ms: float,
-    ) -> dict[int, str]:
-        sampled: dict[int, str] = {}
-        for listener in list(self._batch_listeners):
+    ) -> dict[int, str] | None:
+        sampled: dict[int, str] | None = None
+        for listener in self._batch_listeners:
             try:
                 ids = listener(model, rows, x, out, latency_ms)
             except Exception:  # a listener must never break a prediction
                 continue
             if ids:
-                sampled.update(ids)
+                sampled = {**sampled, **ids} if sampled else dict(ids)
         return sampled

@@ -1,9 +1,12 @@
 """Telemetry: statistics windows, samples and labels of this device's predictions.
 
 :class:`Telemetry` is a batch listener of the :class:`~edgeops_agent.serve.Predictor`.
-For every prediction it calls :meth:`WindowStats.update
-<edgeops_protocol.stats.WindowStats.update>` of the open window, built from the
-active model's ``serving.baseline`` (docs/protocol.md, "Telemetry"). A window
+It counts every prediction in the open window, a :class:`WindowStats
+<edgeops_protocol.stats.WindowStats>` built from the active model's
+``serving.baseline`` (docs/protocol.md, "Telemetry"): ``update`` for a one-row call,
+``update_many`` for the rows of a batch (the same counts, in whole-batch numpy calls).
+The windows of a model are ``fresh()`` copies of one built when it starts predicting,
+and a closed window's row buffers are freed while it waits for the worker. A window
 belongs to one model: the first prediction of another model closes it. It also
 closes after ``window_count`` predictions, or on the first tick ``window_s``
 seconds after its first prediction; a window without predictions is never opened,
@@ -178,9 +181,11 @@ class Telemetry:
         self._model: LoadedModel | None = None
         self._ref: dict[str, Any] = {}
         self._baseline: dict[str, Any] | None = None
+        self._empty: WindowStats | None = None  # built from _baseline once; windows are fresh()
         self._width: int | None = None  # values per row the model takes
         self._window: _Window | None = None
         self._sampler: Sampler | None = None
+        self._sampling = False  # the sampler is enabled (its budget is fixed)
         self._pending: deque[_Closed | tuple[str, bytes]] = deque()
         self.lost = 0  # items the full hand-off queue dropped, not yet taken by drain()
 
@@ -210,6 +215,7 @@ class Telemetry:
             self._seq = self._sample_seq = 0
             self._rng = random.Random(f"{self.device}/{boot}")
             self._model, self._window, self._sampler = None, None, None
+            self._sampling = False
 
     # --- prediction threads --------------------------------------------------------------
     def on_predictions(
@@ -223,30 +229,28 @@ class Telemetry:
         """Count one call's rows; returns ``{row: sample_id}`` for the rows sampled."""
         if not self.boot:
             return None
-        sampler = self._sampler
-        if (
-            model is self._model
-            and not self.stats_enabled
-            and (sampler is None or not sampler.enabled)
-        ):
-            return None  # statistics off, no sampling
+        if model is self._model and not self._sampling:
+            if not self.stats_enabled:
+                return None  # statistics off, no sampling
+            if len(x) == 1:  # the common case, kept short: one row, no sampling
+                if x.ndim != 2:  # e.g. a (1, 64, 3) window: one feature per value
+                    x = x.reshape(1, -1)
+                with self._lock:
+                    w = self._window
+                    if (
+                        w is not None
+                        and model is self._model
+                        and x.shape[1] == self._width
+                        and (not self.window_count or w.stats.count + 1 < self.window_count)
+                    ):
+                        # WindowStats.update takes the (1, k) row and (1, m) scores as they are
+                        if out is None:
+                            w.stats.update(x, None, latency_ms, True)
+                        else:
+                            w.stats.update(x, out, latency_ms)
+                        return None
         if x.ndim != 2:  # e.g. (n, 64, 3) windows: the baseline has one feature per value
             x = x.reshape(len(x), -1)
-        if len(x) == 1 and model is self._model and (sampler is None or not sampler.enabled):
-            # the common case, kept short: one row, no sampling
-            with self._lock:
-                w = self._window
-                if (
-                    w is not None
-                    and model is self._model
-                    and x.shape[1] == self._width
-                    and (not self.window_count or w.stats.count + 1 < self.window_count)
-                ):
-                    if out is None:
-                        w.stats.update(x[0], None, latency_ms, True)
-                    else:
-                        w.stats.update(x[0], out[0], latency_ms)
-                    return None
         n = len(x)
         notify = False
         sampled: dict[int, str] | None = None
@@ -285,13 +289,12 @@ class Telemetry:
             if w is None:
                 w = self._open(model, x, out)
             j = n if not limit else min(n, i + limit - w.stats.count)
-            update = w.stats.update
-            if out is None:
-                for k in range(i, j):
-                    update(x[k], None, latency_ms, True)
+            if j - i == 1:  # update() costs less for one row than update_many()
+                w.stats.update(x[i:j], None if out is None else out[i:j], latency_ms, out is None)
+            elif out is None:
+                w.stats.update_many(x[i:j], None, latency_ms, True)
             else:
-                for k in range(i, j):
-                    update(x[k], out[k], latency_ms)
+                w.stats.update_many(x[i:j], out[i:j], latency_ms)
             i = j
             if limit and w.stats.count >= limit:
                 self._close()
@@ -304,6 +307,7 @@ class Telemetry:
             return False
         self._close()
         self._model, self._ref, self._baseline = model, model_ref(model.manifest), None
+        self._empty = None
         self._width = _input_width(model)
         budget = self.config_budget
         try:
@@ -317,6 +321,7 @@ class Telemetry:
             self._rlog.warning("sampling", "%s; using the agent's sampling budget", exc)
         if self._sampler is None or self._sampler.budget != budget:
             self._sampler = Sampler(budget, rng=self._rng, clock=self._clock)
+        self._sampling = self._sampler.enabled
         return True
 
     def _open(self, model: LoadedModel, x: np.ndarray, out: np.ndarray | None) -> _Window:
@@ -328,7 +333,10 @@ class Telemetry:
                 self._rlog.warning(
                     "baseline", "%s: %s; windows count no features", model.name, problem
                 )
-        self._window = _Window(WindowStats(self._baseline), self._clock())
+            self._empty = None
+        if self._empty is None:
+            self._empty = WindowStats(self._baseline)
+        self._window = _Window(self._empty.fresh(), self._clock())
         return self._window
 
     def _close(self) -> None:
@@ -336,6 +344,7 @@ class Telemetry:
         w, self._window = self._window, None
         if w is None or w.stats.count == 0:
             return
+        w.stats.release()  # counts its last rows and frees its buffers while it waits
         self._seq += 1
         self._push(_Closed(w, self._ref, self._seq, max(self._clock(), w.start)))
 
