@@ -642,9 +642,11 @@ def test_a_full_outbox_drops_the_oldest_and_the_state_says_so(broker, server, co
     wait_until(lambda: not agent.connected, what="agent disconnected")
     _predict(agent, 30)  # 15 windows for 10 places
     wait_until(lambda: agent.outbox.dropped == 5, what="five windows dropped")
-    assert (
-        json.loads((agent.config.state_dir / "outbox" / "dropped.json").read_bytes())["dropped"]
-        == 5
+    dropped_file = agent.config.state_dir / "outbox" / "dropped.json"
+    # the counter goes up just before dropped.json is written
+    wait_until(
+        lambda: dropped_file.exists() and json.loads(dropped_file.read_bytes())["dropped"] == 5,
+        what="dropped.json says five",
     )
     restart_broker(broker)
     windows = wait_until(
