@@ -21,6 +21,7 @@ def create_app(ws: Any, *, auth: bool = True) -> Any:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse
+        from starlette.exceptions import HTTPException as StarletteHTTPException
     except ModuleNotFoundError as exc:
         raise MissingExtra("fastapi", "server") from exc
     from .. import __version__, dashboard
@@ -71,6 +72,21 @@ def create_app(ws: Any, *, auth: bool = True) -> Any:
             return await _edgeops_error(request, denied)
         return JSONResponse(
             status_code=422, content={"error": validation_message(exc), "kind": "InvalidInput"}
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not parse: the role comes first
+            try:
+                access.refuse_unauthorized(request)
+            except Unauthenticated as denied:
+                return await _unauthenticated(request, denied)
+            except EdgeopsError as denied:
+                return await _edgeops_error(request, denied)
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": str(exc.detail), "kind": "HTTPError"},
+            headers=getattr(exc, "headers", None),
         )
 
     app.include_router(registry.router, prefix="/api")
