@@ -320,6 +320,15 @@ def _first_error(stderr: str) -> str:
     return lines[0] if lines else "no output"
 
 
+def latency_summary(raw_ns: bytes) -> dict[str, float]:
+    """Median and p95 in milliseconds of the int64 nanosecond timings a C runner printed."""
+    ms = np.frombuffer(raw_ns, dtype=np.int64).astype(np.float64) / 1e6
+    return {
+        "latency_ms_p50": float(np.median(ms)),
+        "latency_ms_p95": float(np.quantile(ms, 0.95)),
+    }
+
+
 class EmlearnCRunner:
     """A header from :func:`sklearn_to_emlearn_c`, compiled with gcc and run on the host.
 
@@ -407,12 +416,7 @@ class EmlearnCRunner:
         cost, tens of nanoseconds, is included).
         """
         rows = np.asarray(X)[: max(1, int(samples))]
-        raw = self._run(["time", str(len(rows))], rows)
-        ms = np.frombuffer(raw, dtype=np.int64).astype(np.float64) / 1e6
-        return {
-            "latency_ms_p50": float(np.median(ms)),
-            "latency_ms_p95": float(np.quantile(ms, 0.95)),
-        }
+        return latency_summary(self._run(["time", str(len(rows))], rows))
 
     def close(self) -> None:
         """Remove the temporary build directory, if this runner made one."""

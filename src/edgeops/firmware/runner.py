@@ -106,13 +106,10 @@ class EomlRunner:
     def latency_ms(self, X: np.ndarray, samples: int = 200) -> dict[str, float]:
         """Median and p95 single-prediction latency in C, in milliseconds (as
         :meth:`EmlearnCRunner.latency_ms <edgeops.convert.emlearn_c.EmlearnCRunner.latency_ms>`)."""
+        from ..convert.emlearn_c import latency_summary
+
         rows = np.asarray(X)[: max(1, min(int(samples), 256))]
-        raw = self._run(["time", str(len(rows))], rows)
-        ms = np.frombuffer(raw, dtype=np.int64).astype(np.float64) / 1e6
-        return {
-            "latency_ms_p50": float(np.median(ms)),
-            "latency_ms_p95": float(np.quantile(ms, 0.95)),
-        }
+        return latency_summary(self._run(["time", str(len(rows))], rows))
 
     def close(self) -> None:
         if self._tmp is not None:
