@@ -23,7 +23,7 @@ import pytest
 
 from edgeops_agent.agent import Agent
 from edgeops_agent.errors import PredictionError
-from edgeops_agent.outbox import Outbox
+from edgeops_agent.outbox import Outbox, ack_key
 from edgeops_agent.runtime import load_runner
 from edgeops_agent.sampling import Sampler, SamplingBudget, budget_from
 from edgeops_agent.serve import LoadedModel, Predictor
@@ -31,9 +31,16 @@ from edgeops_agent.telemetry import MAX_PENDING, Telemetry, window_baseline
 from edgeops_protocol.baseline import baseline_profile
 from edgeops_protocol.histogram import histogram
 from edgeops_protocol.manifest import generate_keypair
-from edgeops_protocol.messages import parse_label, parse_sample, parse_state, parse_telemetry
+from edgeops_protocol.messages import (
+    ACK_KINDS,
+    ack_message,
+    parse_label,
+    parse_sample,
+    parse_state,
+    parse_telemetry,
+)
 from edgeops_protocol.stats import WindowStats
-from edgeops_protocol.topics import device_topic
+from edgeops_protocol.topics import device_topic, parse_device_topic
 from test_agent_kit import FEATURES, Server, agent_config, make_manifest, onnx_model, wait_until
 
 DEV = "dev-1"
@@ -386,6 +393,41 @@ def test_the_outbox_keeps_order_bounds_and_counts_across_reopening(tmp_path):
     assert json.loads((tmp_path / "o" / "dropped.json").read_bytes()) == {"format": 1, "dropped": 2}
 
 
+def test_the_outbox_keeps_sent_windows_until_acked_and_queues_overdue_ones_in_order(tmp_path):
+    box = Outbox(tmp_path / "o", max_messages=100, max_bytes=1 << 20)
+    msgs = [(f"edgeops/lab/devices/{DEV}/telemetry", {"boot": "b", "seq": s}) for s in (1, 2, 3)]
+    for topic, m in msgs:
+        box.append(topic, json.dumps(m).encode())
+    keys = {}
+    for deadline in (10.0, 11.0, 12.0):  # sent and PUBACKed, one after the other
+        number, topic, payload = box.oldest()
+        keys[number] = ack_key(topic, payload)
+        box.await_ack(number, keys[number], deadline)
+    assert box.oldest() is None and box.waiting == 0 and box.unacknowledged == 3
+    assert sorted(keys.values()) == [
+        ("telemetry", "b", 1),
+        ("telemetry", "b", 2),
+        ("telemetry", "b", 3),
+    ]
+    assert box.acknowledge(("telemetry", "b", 2)) and not box.acknowledge(("telemetry", "b", 2))
+    assert box.expire(10.5) == [(1, 1)]  # seq 1 is overdue: queued again
+    box.append("edgeops/lab/devices/x/labels", b"label")  # newer: goes after seq 1
+    assert [box.expire(12.0), box.oldest()[0]] == [[(3, 1)], 1]
+    order = []
+    while (item := box.oldest()) is not None:
+        order.append(item[0])
+        box.remove(item[0])
+    assert order == [1, 3, 4]  # the overdue ones first, in their order, then the new one
+    assert len(box) == 0 and box.unacknowledged == 0
+    again = Outbox(tmp_path / "o", max_messages=100, max_bytes=1 << 20)
+    assert len(again) == 0
+    box.append(*msgs[0][:1], b"{}")  # no boot/seq: nothing to wait for
+    assert ack_key(*msgs[0][:1], b"{}") is None
+    assert ack_key("edgeops/lab/devices/x/labels", b'{"boot": "b", "seq": 1}') is None
+    restarted = Outbox(tmp_path / "o", max_messages=100, max_bytes=1 << 20)
+    assert restarted.waiting == 1  # after a restart everything left is sent again
+
+
 def test_the_outbox_bounds_bytes_and_spares_the_message_in_flight(tmp_path):
     box = Outbox(tmp_path / "o", max_messages=100, max_bytes=100)
     assert box.append("t", b"x" * 200) == 1  # alone over the limit: dropped, counted
@@ -462,13 +504,16 @@ def test_docstring_examples_run(name):
 
 class Collector:
     """What the server's collector does: a persistent session (clean_session=False) with
-    QoS 1 subscriptions, so the broker queues what devices send while it is away."""
+    QoS 1 subscriptions, so the broker queues what devices send while it is away, and an
+    ``ack`` message back to the device for every window and sample it got (``acks=False``:
+    none, like a collector of before the acks)."""
 
-    def __init__(self, broker: Any, fleet: str) -> None:
+    def __init__(self, broker: Any, fleet: str, acks: bool = True) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.fleet = fleet
+        self.acks = acks
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -493,6 +538,11 @@ class Collector:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload)))
+        _, device, kind = parse_device_topic(msg.topic)
+        if self.acks and kind in ACK_KINDS:
+            m = json.loads(msg.payload)
+            ack = ack_message(fleet=self.fleet, device=device, **{kind: [[m["boot"], m["seq"]]]})
+            client.publish(device_topic(self.fleet, device, "ack"), ack, qos=1)
 
     def of(self, kind: str, parse: Any) -> list[dict]:
         topic = device_topic(self.fleet, DEV, kind)
@@ -728,3 +778,35 @@ def test_samples_and_labels_reach_the_broker(server, collector, start):
     (label,) = wait_until(lambda: collector.of("labels", parse_label))
     assert (label["sample_id"], label["label"]) == (sample_id, "no")
     assert collector.windows() == []  # statistics are off
+
+
+@pytest.mark.parametrize("ack_timeout", [0, 1.0], ids=["puback-only", "collector-acks"])
+def test_windows_the_broker_took_with_nobody_subscribed_are_sent_again_until_acked(
+    broker, server, start, topic_prefix, ack_timeout
+):
+    """What a Mosquitto restart does to a shared subscription, made on purpose: the broker
+    PUBACKs windows while no collector is subscribed, and drops them. Waiting for the
+    collector's ack, the agent sends them again once one is there; with the PUBACK alone
+    (ack timeout 0) they are gone."""
+    agent = start(telemetry_window_count=5, outbox_ack_timeout_s=ack_timeout)
+    _deploy(server, agent)
+    _predict(agent, 15)
+    wait_until(
+        lambda: agent._sender.idle and agent.stats.get("telemetry_windows") == 3, what="3 sent"
+    )
+    assert agent.outbox.unacknowledged == (3 if ack_timeout else 0)  # kept on disk, or gone
+    collector = Collector(broker, topic_prefix)
+    try:
+        if ack_timeout:
+            wait_until(lambda: agent._sender.settled, timeout=30, what="all three acked")
+            assert _seqs(collector.windows(), agent.boot)[:3] == [1, 2, 3]
+            assert agent._sender.resent >= 3 and agent._sender.acknowledged == 3
+            assert len(list((agent.config.state_dir / "outbox").glob("*.msg"))) == 0
+        else:
+            _predict(agent, 5, seed=1)  # a fourth window proves the collector listens
+            wait_until(lambda: collector.windows(), what="the fourth window")
+            assert _seqs(collector.windows(), agent.boot) == [4]  # 1-3 were lost
+            assert agent._sender.resent == 0
+    finally:
+        collector.close()
+    assert agent.outbox.dropped == 0

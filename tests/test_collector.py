@@ -23,6 +23,7 @@ from edgeops.monitoring.collector import Collector, CollectorOptions
 from edgeops.monitoring.ingest import Ingestor
 from edgeops.monitoring.store import MonitoringStore
 from edgeops.mqtt import Message, MqttClient
+from edgeops_protocol.messages import parse_ack
 from edgeops_protocol.stats import merge_windows
 from telemetry_kit import label, make_baseline, model_of, register_model, sample, state, window
 from telemetry_kit import telemetry as telemetry_msg
@@ -102,6 +103,42 @@ def test_windows_published_twice_are_stored_once(ws, broker, fleet):
     assert col.accepted["state"] >= 10
     assert store.merged("har@1", "tflite-int8") == merge_windows([m["stats"] for m in msgs])
     assert store.merged("har@1", "tflite-int8", device="d3")["count"] == 5 * 20
+
+
+def test_each_committed_window_and_sample_is_acknowledged_to_its_own_device(ws, broker, fleet):
+    """The end-to-end acks agents wait for: after the commit, each device gets the
+    (boot, seq) of its windows and samples (duplicates too: they are stored), nobody gets
+    another device's, and a message that could not be parsed is not acknowledged."""
+    store = MonitoringStore(ws.db, fleet["name"])
+    name, model = fleet["name"], fleet["model"]
+    msgs = _windows(fleet, per_device=3)
+    acks: dict[str, list[dict]] = {}
+    listener = MqttClient(broker.url)
+    listener.subscribe(f"edgeops/{name}/devices/+/ack")
+    with listener, _running(_collector(ws, broker, name, "c-acks")) as col:
+        listener.wait_subscribed()
+        _wait(lambda: _known(ws, fleet), what="the devices' states")
+        _publish(broker.url, [telemetry_msg(m) for m in msgs])
+        _publish(broker.url, [sample(name, "d0", s, model) for s in (1, 2)])
+        _publish(broker.url, [telemetry_msg(msgs[0])])  # again: a duplicate, acknowledged
+        _publish(broker.url, [(telemetry_msg(msgs[1])[0], b"{not json")])  # never acknowledged
+        _wait(lambda: sum(store.counters().values()) == 2, what="duplicate and malformed")
+        for m in listener.drain(3.0):
+            acks.setdefault(m.topic.split("/")[3], []).append(parse_ack(m.payload))
+    assert store.window_count() == 30
+    assert sorted(acks) == fleet["devices"]
+    for device, got in acks.items():
+        assert {a["device"] for a in got} == {device}
+        pairs = [tuple(p) for a in got for p in a["telemetry"]]
+        first = msgs[0]["device"]
+        assert sorted(pairs) == [("b0", 1)] * (2 if device == first else 1) + [
+            ("b0", 2),
+            ("b0", 3),
+        ]
+        assert [tuple(p) for a in got for p in a["samples"]] == (
+            [("b0", 1), ("b0", 2)] if device == "d0" else []
+        )
+    assert col.acks_sent == sum(len(v) for v in acks.values())
 
 
 def test_bad_input_over_mqtt_is_counted_and_the_collector_keeps_going(ws, broker, fleet):

@@ -137,7 +137,7 @@ def test_no_device_can_speak_for_or_read_as_another(fleet):
             [(f"edgeops/lab/devices/{n}/desired", _payload("server", "desired"), True)
              for n in names]
         )  # fmt: skip
-        for kind in ("telemetry", "state", "desired"):
+        for kind in ("telemetry", "state", "desired", "ack"):
             server.subscribe(f"edgeops/lab/devices/+/{kind}")
         server.wait_subscribed()
         time.sleep(0.3)
@@ -162,6 +162,10 @@ def test_no_device_can_speak_for_or_read_as_another(fleet):
             infos.append(d.client.publish(
                 f"edgeops/lab/devices/{d.name}/desired", _payload(d.name, "desired"), qos=1
             ))  # fmt: skip
+            # nor the collector's acks (a forged ack would make a device drop its windows)
+            infos.append(d.client.publish(
+                f"edgeops/lab/devices/{d.name}/ack", _payload(d.name, "ack"), qos=1
+            ))  # fmt: skip
             # positive control: its own telemetry
             infos.append(d.client.publish(
                 f"edgeops/lab/devices/{d.name}/telemetry", _payload(d.name, "telemetry"), qos=1
@@ -178,6 +182,7 @@ def test_no_device_can_speak_for_or_read_as_another(fleet):
         device_of = {m[0]: m[0].split("/")[3] for m in heard}
         impersonations = [t for t, p in heard if p["from"] != device_of[t]]
         desired_writes = [t for t, p in heard if t.endswith("/desired")]
+        ack_writes = [t for t, p in heard if t.endswith("/ack")]
         own = [t for t, p in heard if p["from"] == device_of[t] and t.endswith("/telemetry")]
         retained_states = server.retained("edgeops/lab/devices/+/state")
 
@@ -199,7 +204,7 @@ def test_no_device_can_speak_for_or_read_as_another(fleet):
     print(
         f"\nimpersonation: {len(impersonations)} of {attempts} publishes accepted, "
         f"{reads} of {subscriptions} desired-state reads; "
-        f"{len(desired_writes)} of {N} desired-state writes; "
+        f"{len(desired_writes)} of {N} desired-state writes; {len(ack_writes)} of {N} ack writes; "
         f"own telemetry delivered {len(own)} of {N}, own desired state {own_desired} of {N}; "
         f"SUBACK codes of the refused reads {dict(subacks)}; "
         f"MQTT 5 PUBACK reasons {dict(v5_pubacks)}"
@@ -207,6 +212,7 @@ def test_no_device_can_speak_for_or_read_as_another(fleet):
     assert impersonations == []
     assert reads == 0
     assert desired_writes == []
+    assert ack_writes == []
     assert retained_states == []
     assert sorted(own) == [f"edgeops/lab/devices/{n}/telemetry" for n in names]  # control
     assert own_desired == N  # control: each device reads its own retained desired state
@@ -214,8 +220,8 @@ def test_no_device_can_speak_for_or_read_as_another(fleet):
     # (0x80 with MQTT 3.1.1, 0x87 with MQTT 5). Either way nothing arrived (reads == 0).
     assert set(subacks) <= {1, 0x80, 0x87}
     assert sum(subacks.values()) == subscriptions
-    # MQTT 5 devices are told: 10 devices x (38 refused + 1 refused desired write)
-    assert v5_pubacks["Not authorized"] == (N // 2) * (2 * (N - 1) + 1)
+    # MQTT 5 devices are told: 10 devices x (38 refused + 1 desired write + 1 ack write)
+    assert v5_pubacks["Not authorized"] == (N // 2) * (2 * (N - 1) + 2)
     assert v5_pubacks["Success"] == N // 2
 
 

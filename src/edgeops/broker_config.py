@@ -50,7 +50,8 @@ __all__ = [
 CONFIG_FORMAT = 1
 DEVICE_PUBLISH_KINDS = ("state", "events", "telemetry", "samples", "labels")
 COLLECTOR_READ_KINDS = ("state", "events", "telemetry", "samples", "labels")
-assert set(DEVICE_PUBLISH_KINDS) | {"desired"} == set(DEVICE_KINDS)
+DEVICE_READ_KINDS = ("desired", "ack")  # server -> device
+assert set(DEVICE_PUBLISH_KINDS) | set(DEVICE_READ_KINDS) == set(DEVICE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,9 @@ def render_acl(
         "config`.",
         "# Mosquitto denies whatever no rule allows. A pattern applies to every account, %u",
         "# being its username: a device's username is its device id, so each device may",
-        "# publish only under its own device topics and read only its own desired state.",
+        "# publish only under its own device topics and read only its own desired state and acks.",
         *(f"pattern write {base}/devices/%u/{kind}" for kind in DEVICE_PUBLISH_KINDS),
-        f"pattern read {base}/devices/%u/desired",
+        *(f"pattern read {base}/devices/%u/{kind}" for kind in DEVICE_READ_KINDS),
         "",
     ]
     for name in sorted(servers):
@@ -141,6 +142,7 @@ def render_acl(
             "# a collector: what devices report, also through $share/<group>/... subscriptions",
             f"user {name}",
             *(f"topic read {base}/devices/+/{kind}" for kind in COLLECTOR_READ_KINDS),
+            f"topic write {base}/devices/+/ack",
             "",
         ]
     lines.append(

@@ -42,7 +42,7 @@ from edgeops_protocol.manifest import (
     parse_envelope,
     verify_envelope,
 )
-from edgeops_protocol.messages import event_message, state_message
+from edgeops_protocol.messages import ACK_KINDS, event_message, parse_ack, state_message
 from edgeops_protocol.topics import (
     ProtocolError,
     chunk_filter,
@@ -110,7 +110,7 @@ class Agent:
         )
         self.topics = {
             kind: device_topic(config.fleet, config.device, kind)
-            for kind in ("state", "desired", "events")
+            for kind in ("state", "desired", "events", "ack")
         }
         self.keys_topic = keys_topic(config.fleet)
         self.keys = TrustedKeys(config.state_dir / "keys.json", config.fleet, config.key_map)
@@ -196,7 +196,12 @@ class Agent:
             on_connect=lambda: self._box.post(("connected",), force=True),
             on_disconnect=lambda: self._box.post(("disconnected",), force=True),
         )
-        self._sender = OutboxSender(self.outbox, self._link.client, nudge=self._wake_monitor)
+        self._sender = OutboxSender(
+            self.outbox,
+            self._link.client,
+            nudge=self._wake_monitor,
+            ack_timeout_s=self.config.outbox_ack_timeout_s,
+        )
         self._running = True
         self._stopped.clear()
         if self._own_pool:
@@ -380,6 +385,8 @@ class Agent:
         self._stats.incr("connects")
         self._link.subscribe(self.keys_topic, 1)  # first: its retained chain comes first
         self._link.subscribe(self.topics["desired"], 1)
+        if self.config.outbox_ack_timeout_s > 0:
+            self._link.subscribe(self.topics["ack"], 1)
         self._publish_state()
         if self._deployment is not None and self._deployment.downloading:
             self._deployment.announce()
@@ -399,6 +406,9 @@ class Agent:
         if topic == self.keys_topic:
             self._on_keys(payload)
             return
+        if topic == self.topics["ack"]:
+            self._on_ack(payload)
+            return
         if topic.startswith(f"edgeops/{self.config.fleet}/artifacts/"):
             self._on_chunk(topic, payload)
             return
@@ -411,6 +421,22 @@ class Agent:
             self._count("other_device", f"message for another device on {topic[:120]!r}")
         else:
             self._count("unknown_topic", f"unexpected message on {topic!r}")
+
+    def _on_ack(self, payload: bytes) -> None:
+        """The collector committed these windows and samples: they leave the outbox."""
+        try:
+            ack = parse_ack(payload, self.config.max_message_bytes)
+        except ProtocolError as exc:
+            self._count("rejected_acks", f"ignored a malformed ack message: {exc}")
+            return
+        if (ack["fleet"], ack["device"]) != (self.config.fleet, self.config.device):
+            self._count("rejected_acks", "ignored an ack message for another device")
+            return
+        if self._sender is not None:
+            keys = [(kind, boot, seq) for kind in ACK_KINDS for boot, seq in ack[kind]]
+            self._stats.incr("acks_received")
+            self._sender.acknowledge(keys)
+            self._sender.pump()
 
     def _count(self, counter: str, message: str) -> None:
         self._stats.incr(counter)

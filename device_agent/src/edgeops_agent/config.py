@@ -68,6 +68,10 @@ def _monitoring_checks(c: AgentConfig) -> list[tuple[bool, str]]:
         ),
         (10 <= c.outbox_max_messages <= 10**7, "outbox_max_messages must be 10..10000000"),
         (c.outbox_max_bytes >= 1024 * 1024, "outbox_max_bytes must be >= 1048576 (1 MiB)"),
+        (
+            c.outbox_ack_timeout_s == 0 or 1 <= c.outbox_ack_timeout_s <= 86400,
+            "outbox_ack_timeout_s must be 0 (the broker's PUBACK is enough) or 1..86400 seconds",
+        ),
         (0 <= c.samples_per_hour <= 10**6, "samples_per_hour must be 0..1000000"),
         (0 <= c.sample_bytes_per_hour <= 10 * 1024**3, "sample_bytes_per_hour must be 0..10 GiB"),
     ]
@@ -130,6 +134,9 @@ class AgentConfig:
     telemetry_window_count: int = 250  # ... or after this many predictions (0: no limit)
     outbox_max_messages: int = 10_000  # messages kept while the broker is away; then the
     outbox_max_bytes: int = 32 * 1024 * 1024  # oldest are dropped and counted
+    # windows and samples stay in the outbox until the collector's ack names them; one not
+    # acknowledged this long after the broker took it is sent again (0: the PUBACK is enough)
+    outbox_ack_timeout_s: float = 60.0
     samples_per_hour: float = 0.0  # sampled predictions per hour (0: no limit of this kind)
     sample_bytes_per_hour: float = 0.0  # bytes of samples per hour (both 0: no sampling)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
@@ -241,6 +248,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "reconnect_min_s": (int, float), "reconnect_max_s": (int, float), "log_level": (str,),
     "telemetry": (bool,), "telemetry_window_s": (int, float), "telemetry_window_count": (int,),
     "outbox_max_messages": (int,), "outbox_max_bytes": (int,),
+    "outbox_ack_timeout_s": (int, float),
     "samples_per_hour": (int, float), "sample_bytes_per_hour": (int, float),
     "simulate": (dict,),
 }  # fmt: skip

@@ -21,12 +21,25 @@ outbox never loses a message without counting it, and never raises for a full
 disk.
 
 **Sending** (:class:`OutboxSender`): one message in flight at a time. The oldest
-message is handed to paho with QoS 1; its file is deleted only when the broker's
-PUBACK arrives; then the next one goes. After a lost connection paho retransmits
-the message in flight (DUP flag) before anything else, and nothing new is handed
-until it is acknowledged, so the broker receives the outbox in order, each message
-at least once. A restarted agent sends the files left over, with the ``boot`` and
-``seq`` they were written with.
+message waiting to be sent is handed to paho with QoS 1; when the broker's PUBACK
+arrives the next one goes. After a lost connection paho retransmits the message in
+flight (DUP flag) before anything else, and nothing new is handed until it is
+acknowledged, so the broker receives the outbox in order, each message at least
+once. A restarted agent sends the files left over, with the ``boot`` and ``seq``
+they were written with.
+
+**End-to-end acknowledgement.** A broker's PUBACK only says the broker has the
+message; a broker that restarts before a collector got it (Mosquitto does not
+keep MQTT 5 shared subscriptions across a restart, so nobody is subscribed for
+a moment) loses it. So telemetry windows and samples — messages with a
+``(boot, seq)`` — stay on disk after the PUBACK until the collector's ``ack``
+message names them (it sends one after each committed batch, docs/protocol.md).
+One not acknowledged within ``ack_timeout_s`` is queued again (in order, before
+newer messages) and sent again, waiting twice as long after each try, up to 16
+times ``ack_timeout_s``; the collector stores each ``(device, boot, seq)`` once,
+so a second copy costs nothing. With ``ack_timeout_s = 0`` the PUBACK is enough
+(the file is deleted then), for collectors that send no acks. Labels (no
+``seq``) are always deleted on the PUBACK.
 
 >>> import tempfile, pathlib
 >>> box = Outbox(pathlib.Path(tempfile.mkdtemp()), max_messages=2, max_bytes=1 << 20)
@@ -40,6 +53,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import json
 import logging
 import re
@@ -52,7 +66,7 @@ from typing import Any
 
 from .fsutil import atomic_write
 
-__all__ = ["Outbox", "OutboxSender"]
+__all__ = ["Outbox", "OutboxSender", "ack_key"]
 
 log = logging.getLogger("edgeops_agent.outbox")
 FORMAT = 1
@@ -73,6 +87,14 @@ class Outbox:
         self._index: collections.OrderedDict[int, int] = collections.OrderedDict()  # n -> size
         self._bytes = 0
         self.in_flight: int | None = None  # handed to the connection: dropped last
+        # Messages wait to be sent (a heap of numbers: the oldest first) or, sent and
+        # PUBACKed, wait for the collector's ack: number -> (key, deadline, tries), with a
+        # heap of (deadline, number) and key -> number to find them.
+        self._pending: list[int] = []
+        self._queued: set[int] = set()
+        self._awaiting: dict[int, tuple[tuple[str, str, int], float, int]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._by_key: dict[tuple[str, str, int], int] = {}
         self.dropped = self._read_dropped()
         for stray in self.folder.glob(".*.tmp"):  # a crash while writing: never renamed
             with contextlib.suppress(OSError):
@@ -86,6 +108,7 @@ class Outbox:
         for number, size in sorted(found):
             self._index[number] = size
             self._bytes += size
+            self._queue(number)
         self._next = (max(self._index) + 1) if self._index else 1
 
     def __len__(self) -> int:
@@ -97,6 +120,21 @@ class Outbox:
     @property
     def size_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def waiting(self) -> int:
+        """Messages not handed to the broker yet (or queued again)."""
+        return len(self._queued)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages the broker has, waiting for the collector's ack."""
+        return len(self._awaiting)
+
+    def _queue(self, number: int) -> None:
+        if number not in self._queued:
+            self._queued.add(number)
+            heapq.heappush(self._pending, number)
 
     def _path(self, number: int) -> Path:
         return self.folder / f"{number:020d}.msg"
@@ -127,6 +165,7 @@ class Outbox:
             else:
                 self._index[number] = len(data)
                 self._bytes += len(data)
+                self._queue(number)
             if dropped:
                 self.add_dropped(dropped)
             return dropped
@@ -138,10 +177,14 @@ class Outbox:
         return next(iter(self._index))
 
     def oldest(self) -> tuple[int, str, bytes] | None:
-        """``(number, topic, payload)`` of the oldest message; damaged files are dropped."""
+        """``(number, topic, payload)`` of the oldest message waiting to be sent (not one
+        that waits for an ack); damaged files are dropped."""
         with self._lock:
-            while self._index:
-                number = next(iter(self._index))
+            while self._pending:
+                number = self._pending[0]
+                if number not in self._queued:  # removed meanwhile
+                    heapq.heappop(self._pending)
+                    continue
                 try:
                     data = self._path(number).read_bytes()
                 except OSError:
@@ -159,12 +202,61 @@ class Outbox:
         with self._lock:
             self._remove(number)
 
+    def await_ack(self, number: int, key: tuple[str, str, int], deadline: float) -> None:
+        """The broker has message ``number``: keep it until :meth:`acknowledge` names ``key``,
+        or until ``deadline``, when :meth:`expire` queues it again."""
+        with self._lock:
+            if number not in self._index:
+                return
+            self._queued.discard(number)
+            if self.in_flight == number:
+                self.in_flight = None
+            tries = self._awaiting[number][2] if number in self._awaiting else 0
+            old = self._by_key.get(key)
+            if old is not None and old != number:  # the same window twice: keep the newer
+                self._remove(old)
+            self._awaiting[number] = (key, deadline, tries)
+            self._by_key[key] = number
+            heapq.heappush(self._deadlines, (deadline, number))
+
+    def acknowledge(self, key: tuple[str, str, int]) -> bool:
+        """The collector has committed ``key``: delete its file. False if none waits."""
+        with self._lock:
+            number = self._by_key.get(key)
+            if number is None:
+                return False
+            self._remove(number)
+            return True
+
+    def expire(self, now: float) -> list[tuple[int, int]]:
+        """Queue again the messages whose ack is overdue; ``(number, tries so far)`` each."""
+        out = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                deadline, number = heapq.heappop(self._deadlines)
+                entry = self._awaiting.get(number)
+                if entry is None or entry[1] != deadline:
+                    continue  # acknowledged, removed, or re-armed since
+                key, _, tries = entry
+                self._awaiting[number] = (key, float("inf"), tries + 1)
+                self._queue(number)
+                out.append((number, tries + 1))
+        return out
+
+    def tries(self, number: int) -> int:
+        entry = self._awaiting.get(number)
+        return 0 if entry is None else entry[2]
+
     def _remove(self, number: int) -> None:
         size = self._index.pop(number, None)
         if size is not None:
             self._bytes -= size
         if self.in_flight == number:
             self.in_flight = None
+        self._queued.discard(number)
+        entry = self._awaiting.pop(number, None)
+        if entry is not None and self._by_key.get(entry[0]) == number:
+            del self._by_key[entry[0]]
         with contextlib.suppress(FileNotFoundError):
             self._path(number).unlink()
 
@@ -199,6 +291,26 @@ class _InFlight:
     number: int
     mid: int
     since: float
+    key: tuple[str, str, int] | None  # (kind, boot, seq) if the collector acknowledges it
+
+
+_ACKED_KINDS = ("telemetry", "samples")
+
+
+def ack_key(topic: str, payload: bytes) -> tuple[str, str, int] | None:
+    """``(kind, boot, seq)`` of a telemetry window or a sample, which the collector's ``ack``
+    messages name; None for other messages (or one that is not what the agent writes)."""
+    kind = topic.rpartition("/")[2]
+    if kind not in _ACKED_KINDS:
+        return None
+    try:
+        obj = json.loads(payload)
+        boot, seq = obj["boot"], obj["seq"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(boot, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    return kind, boot, seq
 
 
 class OutboxSender:
@@ -219,6 +331,7 @@ class OutboxSender:
         nudge: Callable[[], object],
         clock: Callable[[], float] = time.monotonic,
         republish_after_s: float = 120.0,
+        ack_timeout_s: float = 0.0,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -228,17 +341,32 @@ class OutboxSender:
         self._nudge = nudge
         self._clock = clock
         self._republish_after = republish_after_s
+        self._ack_timeout = ack_timeout_s
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
         self._in_flight: _InFlight | None = None
         self.sent = 0
         self.refused = 0
         self.republished = 0
+        self.acknowledged = 0  # by the collector
+        self.resent = 0  # sent again: the collector's ack did not come in time
         client.on_publish = self._on_publish
 
     @property
     def idle(self) -> bool:
-        """Nothing waits: no message in flight and the outbox is empty."""
+        """Nothing to hand over: no message in flight and none waiting to be sent (messages
+        the broker has may still wait for the collector's ack)."""
+        return self._in_flight is None and self.outbox.waiting == 0
+
+    @property
+    def settled(self) -> bool:
+        """Everything was sent and acknowledged end to end: the outbox is empty."""
         return self._in_flight is None and len(self.outbox) == 0
+
+    def acknowledge(self, keys: list[tuple[str, str, int]]) -> int:
+        """The collector's ack message: delete those messages; how many were waiting."""
+        n = sum(self.outbox.acknowledge(key) for key in keys)
+        self.acknowledged += n
+        return n
 
     def pump(self) -> None:
         """Take the acknowledgements in, hand the next message over if nothing is in flight."""
@@ -246,14 +374,26 @@ class OutboxSender:
             mid, refused = self._acks.popleft()
             current = self._in_flight
             if current is not None and mid == current.mid:
-                self.outbox.remove(current.number)
                 self._in_flight = None
                 if refused:  # MQTT 5 broker said no (e.g. not authorized): retrying won't help
+                    self.outbox.remove(current.number)
                     self.refused += 1
                     self.outbox.add_dropped(1)
                     log.warning("the broker refused outbox message %d; dropped", current.number)
+                    continue
+                self.sent += 1
+                if current.key is not None and self._ack_timeout > 0:
+                    wait = self._ack_timeout * 2 ** min(self.outbox.tries(current.number), 4)
+                    self.outbox.await_ack(current.number, current.key, self._clock() + wait)
                 else:
-                    self.sent += 1
+                    self.outbox.remove(current.number)
+        if self._ack_timeout > 0:
+            for number, tries in self.outbox.expire(self._clock()):
+                self.resent += 1
+                if tries == 1:
+                    log.info(
+                        "no ack from the collector for outbox message %d; sending again", number
+                    )
         if not self._client.is_connected():
             return
         current = self._in_flight
@@ -281,7 +421,8 @@ class OutboxSender:
             if info.rc == self._queue_full:
                 return  # paho's own queue is full: try again on the next pump
             # success, or "no connection" (paho keeps it and sends it after reconnecting)
-            self._in_flight = _InFlight(number, info.mid, self._clock())
+            key = ack_key(topic, payload) if self._ack_timeout > 0 else None
+            self._in_flight = _InFlight(number, info.mid, self._clock(), key)
             self.outbox.in_flight = number
             return
 
@@ -291,7 +432,8 @@ class OutboxSender:
             self._in_flight.since = self._clock()
 
     def flush(self, timeout: float) -> bool:
-        """Pump until everything was acknowledged or ``timeout`` passed (on a clean stop)."""
+        """Pump until the broker has everything or ``timeout`` passed (on a clean stop); what
+        waits for the collector's ack stays on disk and is sent again on the next start."""
         deadline = time.monotonic() + timeout
         while True:
             self.pump()

@@ -16,11 +16,15 @@ from . import PROTOCOL_VERSION
 from .topics import ProtocolError, validate_id
 
 __all__ = [
+    "ACK_KINDS",
+    "ACK_MAX_KEYS",
     "EVENT_KINDS",
     "MAX_MESSAGE_BYTES",
+    "ack_message",
     "decode",
     "event_message",
     "label_message",
+    "parse_ack",
     "parse_event",
     "parse_label",
     "parse_sample",
@@ -385,3 +389,43 @@ def sample_message(**fields: Any) -> bytes:
 def label_message(**fields: Any) -> bytes:
     """A ``label`` message: fleet, device, sample_id, label, ts."""
     return _dumps("label", fields)
+
+
+ACK_MAX_KEYS = 4096  # (boot, seq) pairs in one ack message, at most
+ACK_KINDS = ("telemetry", "samples")
+
+
+def ack_message(**fields: Any) -> bytes:
+    """An ``ack`` message (collector -> device): fleet, device, and per kind
+    (``telemetry``, ``samples``) the ``[boot, seq]`` pairs the collector has committed."""
+    return _dumps("ack", fields)
+
+
+def parse_ack(payload: bytes, max_bytes: int = 256 * 1024) -> dict:
+    """The collector's acknowledgements for one device: ``{"fleet", "device", "telemetry":
+    [(boot, seq), ...], "samples": [...]}`` (each list possibly empty)."""
+    obj = decode(payload, "ack", max_bytes)
+    out: dict[str, Any] = _device_fields(obj)
+    total = 0
+    for kind in ACK_KINDS:
+        value = obj.get(kind, [])
+        if not isinstance(value, list):
+            raise ProtocolError(f"field {kind!r} must be a list of [boot, seq] pairs")
+        pairs = []
+        for item in value:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not 0 < len(item[0]) <= 64
+                or not isinstance(item[1], int)
+                or isinstance(item[1], bool)
+                or not 1 <= item[1] < 2**63
+            ):
+                raise ProtocolError(f"field {kind!r} must be a list of [boot, seq] pairs")
+            pairs.append((item[0], item[1]))
+        total += len(pairs)
+        out[kind] = pairs
+    if total > ACK_MAX_KEYS:
+        raise ProtocolError(f"an ack message acknowledges at most {ACK_MAX_KEYS} messages")
+    return out

@@ -13,7 +13,12 @@ only after the batch holding it is committed (paho's manual acks), on a
 persistent session (a stable client id and a session expiry), so a collector
 that crashes or loses its database gets its unacknowledged messages again when
 it reconnects with the same id. What arrives twice is de-duplicated by the
-database (:mod:`.ingest`). Messages are batched — up to ``batch_size`` or
+database (:mod:`.ingest`). After each commit the collector also sends every
+device whose telemetry windows or samples were in the batch an ``ack`` message
+naming them (``edgeops/<fleet>/devices/<device>/ack``): the agent keeps those in
+its outbox until then, so a window is not lost even when the broker loses it
+after its PUBACK (e.g. a Mosquitto restart, which forgets shared
+subscriptions). Messages are batched — up to ``batch_size`` or
 ``linger`` seconds after the first — and each batch is one transaction; one
 thread parses the next batch while another writes the last one. Memory is
 bounded: the queue holds at most ``queue_size`` messages (paho's network thread
@@ -42,7 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeops_protocol.topics import device_filter
+from edgeops_protocol.messages import ACK_KINDS, ACK_MAX_KEYS, ack_message
+from edgeops_protocol.topics import device_filter, device_topic
 
 from ..errors import ConfigError, StoreUnavailable
 from ..mqtt import Message, MqttClient
@@ -121,6 +127,7 @@ class Collector:
         self.rejected: Counter[str] = Counter()
         self.received = 0
         self.batches = 0
+        self.acks_sent = 0
         self._stop = threading.Event()
 
     def topics(self) -> list[str]:
@@ -235,6 +242,7 @@ class Collector:
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, 30.0)
+        self._send_acks(prepared)
         for m in batch:  # only now: a crash before this line means redelivery, not loss
             self.client.ack(m)
         self.received += len(batch)
@@ -266,6 +274,31 @@ class Collector:
             res.accepted.update(one.accepted)
             res.rejected.update(one.rejected)
         return res
+
+    def _send_acks(self, prepared: Prepared | None) -> None:
+        """Tell each device which of its windows and samples this committed batch holds
+        (stored, duplicates and rejections alike: the collector is done with them)."""
+        if prepared is None:  # stored one by one after a parser failure: devices resend
+            return
+        acks: dict[str, dict[str, list[list[Any]]]] = {}
+        for kind in ACK_KINDS:
+            for _, m in prepared.parsed.get(kind, ()):
+                per = acks.setdefault(m["device"], {k: [] for k in ACK_KINDS})
+                per[kind].append([m["boot"], m["seq"]])
+        for device, per in acks.items():
+            pairs = [(k, p) for k in ACK_KINDS for p in per[k]]
+            for i in range(0, len(pairs), ACK_MAX_KEYS):
+                part = pairs[i : i + ACK_MAX_KEYS]
+                body = {k: [p for kk, p in part if kk == k] for k in ACK_KINDS}
+                try:
+                    self.client.publish(
+                        device_topic(self.fleet, device, "ack"),
+                        ack_message(fleet=self.fleet, device=device, **body),
+                    )
+                except (ValueError, TypeError):  # never for what ingest accepted; be safe
+                    log.exception("could not send an ack to %s", device)
+                    continue
+                self.acks_sent += 1
 
     def _report(self) -> None:
         log.info(
