@@ -215,6 +215,8 @@ def test_state_and_event_messages_round_trip():
         (b"{not json", "malformed JSON"),
         (b"[1, 2]", "JSON object"),
         (b'{"protocol": 2, "type": "state"}', "unsupported protocol 2"),
+        (b'{"protocol": true, "type": "state"}', "unsupported protocol True"),
+        (b'{"protocol": 1.0, "type": "state"}', "unsupported protocol 1.0"),
         (b'{"protocol": 1, "type": "event"}', "expected a 'state' message"),
         (
             b'{"protocol": 1, "type": "state", "fleet": "lab", "device": "a/b", "online": true}',

@@ -51,7 +51,8 @@ def decode(payload: bytes, expected_type: str, max_bytes: int = MAX_MESSAGE_BYTE
         raise ProtocolError(f"malformed JSON: {str(exc)[:80]}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("message must be a JSON object")
-    if obj.get("protocol") != PROTOCOL_VERSION:
+    version = obj.get("protocol")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python
         raise ProtocolError(f"unsupported protocol {obj.get('protocol')!r}; this side speaks 1")
     if obj.get("type") != expected_type:
         raise ProtocolError(f"expected a {expected_type!r} message, got {obj.get('type')!r}")
