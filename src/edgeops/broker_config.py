@@ -212,6 +212,8 @@ class BrokerWritten:
     services: list[str]
     created: dict[str, str] = field(default_factory=dict)  # new service account -> password
     urls: dict[str, str] = field(default_factory=dict)  # new service account -> MQTT URL
+    # with client_certs: devices provisioned without --cert, which the listener refuses
+    without_certificate: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -223,6 +225,7 @@ class BrokerWritten:
                 {"username": name, "password": pw, "url": self.urls[name]}
                 for name, pw in self.created.items()
             ],
+            "without_certificate": self.without_certificate,
         }
 
 
@@ -309,6 +312,11 @@ def write_broker_config(settings: Settings, out: Path, opts: BrokerOptions) -> B
             if rec.get("fleet") == fleet
         }
         service_hashes = {name: services[name]["password_hash"] for name in wanted}
+        no_cert = sorted(
+            name
+            for name, rec in registry["devices"].items()
+            if rec.get("fleet") == fleet and not rec.get("certificate")
+        )
     files["devices_passwd"] = out / "devices.passwd"
     atomic_write_bytes(files["devices_passwd"], render_password_file(devices).encode(), 0o600)
     files["services_passwd"] = out / "services.passwd"
@@ -335,4 +343,5 @@ def write_broker_config(settings: Settings, out: Path, opts: BrokerOptions) -> B
         }
         text = (json.dumps(doc, indent=1) + "\n").encode()
         atomic_write_bytes(files["credentials"], text, 0o600)
-    return BrokerWritten(out, files, sorted(devices), sorted(wanted), created, urls)
+    no_cert = no_cert if opts.client_certs else []
+    return BrokerWritten(out, files, sorted(devices), sorted(wanted), created, urls, no_cert)

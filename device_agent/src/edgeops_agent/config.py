@@ -6,7 +6,8 @@
 ('mqtt://127.0.0.1:1883', 30, None, False)
 
 ``agent.example.toml`` documents every key. Relative paths (``state_dir``, key
-files, ``password_file``, ``ca_file``) are taken relative to the file's folder.
+files, ``password_file``, ``ca_file``, ``cert_file``, ``key_file``) are taken relative
+to the file's folder.
 The ``[simulate]`` section exists for the fleet simulator and the tests only: it
 makes a healthy agent misbehave on purpose.
 """
@@ -96,6 +97,30 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
+def _check_client_cert(cert: Path | None, key: Path | None, tls: bool) -> None:
+    """Both or neither; only for mqtts://; readable, and the key belongs to the certificate."""
+    if cert is None and key is None:
+        return
+    if cert is None or key is None:
+        raise ConfigError("give both cert_file and key_file (a client certificate and its key)")
+    if not tls:
+        raise ConfigError("cert_file and key_file need an mqtts:// broker")
+    for name, path in (("cert_file", cert), ("key_file", key)):
+        try:
+            Path(path).open("rb").close()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {name} {path}: {exc.strerror}") from exc
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cert_file {cert} and key_file {key} must be a PEM certificate and its "
+            f"unencrypted PEM key ({exc})"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything one agent needs; values are checked when the object is built."""
@@ -113,6 +138,8 @@ class AgentConfig:
     keepalive: int = 30
     mqtt_protocol: str = "3.1.1"
     ca_file: Path | None = None
+    cert_file: Path | None = None  # client certificate (PEM) for mqtts://, with key_file
+    key_file: Path | None = None  # its unencrypted PEM private key
     hardware: str = "generic-linux"
     runtimes: tuple[str, ...] | None = None  # None: the installed ones
     tags: tuple[str, ...] = ()
@@ -147,7 +174,7 @@ class AgentConfig:
             validate_id(self.fleet, "fleet")
         except ProtocolError as exc:
             raise ConfigError(str(exc)) from exc
-        parse_broker_url(self.broker)
+        _check_client_cert(self.cert_file, self.key_file, parse_broker_url(self.broker)[2])
         if not self.public_keys and not self.hmac_keys:
             raise ConfigError("no public_keys (or hmac_keys): the agent could accept no manifest")
         for key in self.public_keys:
@@ -239,7 +266,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "device": (str,), "fleet": (str,), "state_dir": (str,), "anti_rollback_file": (str,),
     "broker": (str,),
     "username": (str,), "password": (str,), "password_file": (str,), "keepalive": (int,),
-    "mqtt_protocol": (str,), "ca_file": (str,), "hardware": (str,), "runtimes": (list,),
+    "mqtt_protocol": (str,), "ca_file": (str,), "cert_file": (str,), "key_file": (str,),
+    "hardware": (str,), "runtimes": (list,),
     "tags": (list,), "public_keys": (list,), "hmac_keys": (dict,),
     "max_artifact_bytes": (int,), "max_message_bytes": (int,), "http_port": (int,),
     "inbox_size": (int,), "download_stall_s": (int, float), "download_timeout_s": (int, float),
@@ -330,8 +358,9 @@ def _from_dict(data: dict[str, Any], base: Path) -> AgentConfig:
             kw["password"] = _path(data["password_file"], base).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read password_file: {exc.strerror}") from exc
-    if "ca_file" in data:
-        kw["ca_file"] = _path(data["ca_file"], base)
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in data:
+            kw[key] = _path(data[key], base)
     if "anti_rollback_file" in data:
         kw["anti_rollback_file"] = _path(data["anti_rollback_file"], base)
     for key in ("runtimes", "tags"):
@@ -352,6 +381,8 @@ _SPECIAL = {
     "hmac_keys",
     "password_file",
     "ca_file",
+    "cert_file",
+    "key_file",
     "runtimes",
     "tags",
     "simulate",

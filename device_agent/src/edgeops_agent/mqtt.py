@@ -5,6 +5,16 @@ id, a retained last will that marks the device offline, and reconnects with
 exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``) done by paho's
 network thread, which also retries the first connection.
 
+``mqtts://``: TLS (1.2 or newer) checking the broker's certificate against
+``ca_file`` (else the system's CAs) and its host name; with ``cert_file`` and
+``key_file`` the agent also presents a client certificate, for brokers that
+require one (``edgeops broker config --client-certs``). A failed connection
+attempt (refused TCP, a TLS handshake the agent rejects) is logged with its
+reason once until the next successful connection; paho's own errors (a broker
+that rejects the agent's certificate: with TLS 1.3 that arrives after the
+handshake, as an alert on the first read) go to ``edgeops_agent.mqtt.paho``,
+warnings and errors only.
+
 Clean session: **yes**. Everything a device must receive is retained (the
 desired manifest, the artifact chunks), so after every (re)connect the agent
 subscribes again and the broker hands it the current values; a persistent session
@@ -20,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +39,8 @@ from .config import AgentConfig, parse_broker_url
 __all__ = ["MqttLink"]
 
 log = logging.getLogger("edgeops_agent.mqtt")
+paho_log = logging.getLogger("edgeops_agent.mqtt.paho")
+paho_log.setLevel(logging.WARNING)  # paho logs every packet at debug level
 
 
 def no_delay(client: Any) -> None:
@@ -40,6 +53,26 @@ def no_delay(client: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError):  # not TCP (e.g. a unix socket)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext:
+    """The TLS client context of an ``mqtts://`` broker: ``ca_file`` (or the system's CAs),
+    and the client certificate when ``cert_file`` and ``key_file`` are set."""
+    from .errors import ConfigError
+
+    try:
+        ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_file {config.ca_file} is not a readable PEM file ({exc})") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.cert_file is not None and config.key_file is not None:
+        try:
+            ctx.load_cert_chain(str(config.cert_file), str(config.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot use cert_file {config.cert_file} with key_file {config.key_file}: {exc}"
+            ) from exc
+    return ctx
 
 
 class MqttLink:
@@ -72,6 +105,7 @@ class MqttLink:
         else:
             kwargs.update(protocol=mqtt.MQTTv311, clean_session=True)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        self.client.enable_logger(paho_log)
         self._v5 = v5
         self.keepalive = config.keepalive
         self.client.reconnect_delay_set(
@@ -82,14 +116,15 @@ class MqttLink:
         if config.username:
             self.client.username_pw_set(config.username, config.password)
         if tls:
-            ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-            self.client.tls_set_context(ctx)
+            self.client.tls_set_context(tls_context(config))
         topic, payload = will
         self.client.will_set(topic, payload, qos=1, retain=True)
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self.client.on_connect = self._connected
+        self.client.on_connect_fail = self._connect_failed
+        self._failing = False
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
         self._started = False
@@ -156,7 +191,15 @@ class MqttLink:
             log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason)
             return
         no_delay(client)
+        self._failing = False
         self._on_connect()
+
+    def _connect_failed(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` (connection refused, TLS handshake)
+        exc = sys.exc_info()[1]
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        log.log(level, "cannot connect to broker %s:%d: %s; retrying", self.host, self.port, exc)
 
     def _disconnected(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any

@@ -101,4 +101,10 @@ def config(
         console.print(table(None, ["account", "MQTT URL (set EDGEOPS_MQTT_URL)"], rows))
     else:
         console.print("Service accounts unchanged (--rotate-services gives new passwords).")
+    if written.without_certificate:
+        console.print(
+            f"[yellow]Without a client certificate, refused by --client-certs: "
+            f"{', '.join(written.without_certificate)}; provision them again with "
+            "--force --cert.[/yellow]"
+        )
     console.print("Install the files, then reload Mosquitto (SIGHUP) to apply them.")

@@ -159,10 +159,22 @@ def provision(
         bool, typer.Option("--cert", help="Also issue a client certificate from the fleet CA.")
     ] = False,
     state_dir: Annotated[
-        str, typer.Option(help="The agent's state folder on the device.")
-    ] = "/var/lib/edgeops-agent",
+        str | None,
+        typer.Option(
+            help="The state folder on the device. Default: /var/lib/edgeops-agent (agent), "
+            "state next to device.toml (host firmware)."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Provision again: a new password (and certificate).")
+    ] = False,
+    host_firmware: Annotated[
+        bool,
+        typer.Option(
+            "--host-firmware",
+            help="Also write device.toml for the C firmware's host port, with the device's "
+            "HMAC key (made if it has none).",
+        ),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -186,7 +198,14 @@ def provision(
         cert=cert,
         state_dir=state_dir,
         force=force,
+        host_firmware=host_firmware,
     )
+    if result.hmac_key_created:
+        from .. import audit
+
+        details = {"device": device, "alg": "hmac-sha256", "force": False}
+        key_id = result.hmac_key_id
+        workspace(ctx).db.write(lambda s: audit.record(s, "key.generate", key_id, details))
     if json_out:
         print_json(result.summary())
         return

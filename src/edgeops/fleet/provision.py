@@ -19,7 +19,12 @@ from the registry. The MQTT username is the device id, which
 
 Client certificates (``--cert``) are issued by the fleet's own CA
 (``<keys dir>/fleet-ca.key`` and ``fleet-ca.pem``, ECDSA P-256), which also
-issues the broker's server certificate for ``edgeops broker config --self-signed``.
+issues the broker's server certificate for ``edgeops broker config --self-signed``;
+``agent.toml`` names them (``cert_file``, ``key_file``).
+
+``--host-firmware`` also writes ``device.toml``, the config of the C firmware's
+host port (``ports/host/host_config.h``), with the same login, TLS files and the
+device's HMAC manifest key (``<keys dir>/devices/<device>.hmac``, made if missing).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
     "locked_registry",
     "new_password",
     "provision_device",
+    "render_host_firmware_config",
     "save_registry",
 ]
 
@@ -78,6 +84,8 @@ SALT_LEN = 12  # Mosquitto 2 requires exactly 12 salt bytes
 _SALT_CHARS = string.ascii_letters + string.digits  # a text salt EMQX can import as well
 SERVICE_NAME_RE = re.compile(r"^(server|collector-[0-9]+)$")
 DEFAULT_STATE_DIR = "/var/lib/edgeops-agent"
+HOST_FIRMWARE_STATE_DIR = "state"  # relative to device.toml's folder
+HOST_FIRMWARE_MAX_TAGS = 8  # ports/host/host_config.h: HOST_MAX_TAGS, tags of < 64 bytes
 MOSQUITTO_PASSWD_EXAMPLE = (
     "$7$101$SUrTmo6iyKEuSqrO$FMzEQ9Op93E9mvrsAi9oU4vOSrcC4csj+Hkb+7maKFkGLsEberGr7beJRSxu31Q1"
     "ruKXgxjGoPbOK7fMhLu9CQ=="
@@ -276,6 +284,8 @@ class Provisioned:
     certificate: dict[str, Any] | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
     hardware: str = "generic-linux"
+    hmac_key_id: str | None = None  # with host_firmware: the key in device.toml
+    hmac_key_created: bool = False  # ... made by this call (not there before)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -289,6 +299,7 @@ class Provisioned:
             "out": str(self.out),
             "files": {k: str(v) for k, v in self.files.items()},
             "certificate": self.certificate,
+            "hmac_key_id": self.hmac_key_id,
         }
 
 
@@ -333,6 +344,48 @@ def render_agent_config(values: dict[str, Any], device: str, fleet: str, when: f
     return "\n".join(lines) + "\n"
 
 
+def _c_string(key: str, value: str) -> str:
+    """A string the host firmware's config reader takes: it unescapes only \\" and \\\\."""
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+        raise InvalidInput(f"{key} {value!r} has a control character the firmware cannot read")
+    if len(value.encode()) >= 256:
+        raise InvalidInput(f"{key} is longer than the firmware's 255 bytes")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_host_firmware_config(
+    values: dict[str, Any], device: str, fleet: str, when: float
+) -> str:
+    """``device.toml`` of the host firmware (the subset of TOML ``host_config.c`` reads).
+
+    >>> print(render_host_firmware_config({"device": "mcu-1", "tags": ["a"]}, "mcu-1", "lab", 0))
+    ... # doctest: +ELLIPSIS
+    # edgeops host firmware configuration of device 'mcu-1' in fleet 'lab',
+    ...
+    device = "mcu-1"
+    tags = ["a"]
+    <BLANKLINE>
+    """
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+    lines = [
+        f"# edgeops host firmware configuration of device {device!r} in fleet {fleet!r},",
+        f"# written by `edgeops fleet provision --host-firmware` on {stamp}. It holds the",
+        "# device's MQTT password and HMAC key: keep it mode 0600. ports/host/README.md",
+        "# documents every key.",
+    ]
+    for key, value in values.items():
+        if isinstance(value, list):
+            if len(value) > HOST_FIRMWARE_MAX_TAGS or any(len(v.encode()) >= 64 for v in value):
+                raise InvalidInput(
+                    f"the host firmware takes at most {HOST_FIRMWARE_MAX_TAGS} {key} of at "
+                    "most 63 bytes each; give fewer or shorter --tags"
+                )
+            lines.append(f"{key} = [{', '.join(_c_string(key, v) for v in value)}]")
+        else:
+            lines.append(f"{key} = {_c_string(key, value)}")
+    return "\n".join(lines) + "\n"
+
+
 def _ca_source(ca_file: str | None, broker: str, keys_dir: Path, fleet: str) -> Path | None:
     if ca_file == "system" or (ca_file is None and not broker.startswith("mqtts://")):
         return None
@@ -355,14 +408,20 @@ def provision_device(
     broker: str | None = None,
     ca_file: str | None = None,
     cert: bool = False,
-    state_dir: str = DEFAULT_STATE_DIR,
+    state_dir: str | None = None,
     force: bool = False,
+    host_firmware: bool = False,
 ) -> Provisioned:
     """Create (or with ``force`` rotate) a device's identity and write its ``agent.toml``.
 
     ``ca_file``: the CA the device checks the broker's certificate against (copied
     next to ``agent.toml``); ``"system"`` for the system's CAs; by default the fleet
-    CA when ``broker`` is ``mqtts://``.
+    CA when ``broker`` is ``mqtts://``. ``cert``: a client certificate from the fleet
+    CA (``device.pem``, ``device.key``), named by ``cert_file`` and ``key_file``.
+    ``host_firmware``: also ``device.toml`` for the C firmware's host port, with the
+    device's HMAC key (the existing one, else a new one). ``state_dir`` defaults to
+    ``/var/lib/edgeops-agent`` for the agent and ``state`` (next to ``device.toml``)
+    for the firmware.
     """
     from edgeops_agent.config import AgentConfig
     from edgeops_agent.config import ConfigError as AgentConfigError
@@ -372,6 +431,10 @@ def provision_device(
     _check_device_id(device)
     keys_dir, fleet = settings.keys_dir, settings.fleet
     broker = broker or default_device_broker(settings)
+    if cert and not broker.startswith("mqtts://"):
+        raise InvalidInput(
+            f"--cert needs an mqtts:// broker (a client certificate is part of TLS), not {broker}"
+        )
     public_key = load_key(keys_dir).public_b64
     out = Path(out).resolve()
     with locked_registry(keys_dir) as registry:
@@ -384,7 +447,9 @@ def provision_device(
             )
         old = old or {}
         tags = tags or tuple(old.get("tags", ()))
-        hardware = hardware or old.get("hardware") or "generic-linux"
+        hardware = (
+            hardware or old.get("hardware") or ("host-sim" if host_firmware else "generic-linux")
+        )
         password = new_password()
         out.mkdir(parents=True, exist_ok=True)
         out.chmod(0o700)
@@ -398,7 +463,7 @@ def provision_device(
             "username": device,
             "password": password,
             "public_keys": [public_key],
-            "state_dir": state_dir,
+            "state_dir": state_dir or DEFAULT_STATE_DIR,
         }
         ca_source = _ca_source(ca_file, broker, keys_dir, fleet)
         if ca_source is not None:
@@ -406,20 +471,36 @@ def provision_device(
             if ca_source.resolve() != files["ca"]:
                 atomic_write_bytes(files["ca"], ca_source.read_bytes())
             values["ca_file"] = "ca.pem"
-        try:
-            AgentConfig.from_dict(tomllib.loads(render_agent_config(values, device, fleet, 0)), out)
-        except AgentConfigError as exc:
-            raise InvalidInput(f"the agent config would not load: {exc}") from exc
+
+        def check() -> None:  # the agent's own loader reads it before it is written
+            text = render_agent_config(values, device, fleet, 0)
+            try:
+                AgentConfig.from_dict(tomllib.loads(text), out)
+            except AgentConfigError as exc:
+                raise InvalidInput(f"the agent config would not load: {exc}") from exc
+
+        check()
+        firmware: dict[str, Any] = {}
+        if host_firmware:  # checked before anything else is written
+            firmware = _host_firmware_values(values, state_dir)
+            render_host_firmware_config(firmware, device, fleet, 0)
         certificate = None
         if cert:
             key_pem, cert_pem, certificate = issue_certificate(keys_dir, fleet, device)
             files["key"], files["certificate"] = out / "device.key", out / "device.pem"
             atomic_write_bytes(files["key"], key_pem, mode=0o600)
             atomic_write_bytes(files["certificate"], cert_pem)
+            values["cert_file"], values["key_file"] = "device.pem", "device.key"
+            check()
         now = time.time()
         files["agent_config"] = out / "agent.toml"
         text = render_agent_config(values, device, fleet, now)
         atomic_write_bytes(files["agent_config"], text.encode(), mode=0o600)
+        hmac_key_id, hmac_created = None, False
+        if host_firmware:
+            hmac_key_id, hmac_created = _host_firmware_files(
+                keys_dir, device, fleet, {**firmware, **_tls_keys(values)}, out, files, now
+            )
         registry["devices"][device] = {
             "fleet": fleet,
             "password_hash": hash_password(password),
@@ -431,5 +512,46 @@ def provision_device(
             "certificate": certificate,
         }
     return Provisioned(
-        device, fleet, device, broker, out, files, bool(old), certificate, tuple(tags), hardware
+        device, fleet, device, broker, out, files, bool(old), certificate, tuple(tags), hardware,
+        hmac_key_id, hmac_created,
+    )  # fmt: skip
+
+
+def _tls_keys(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in ("ca_file", "cert_file", "key_file") if k in values}
+
+
+def _host_firmware_values(agent: dict[str, Any], state_dir: str | None) -> dict[str, Any]:
+    firmware = {k: agent[k] for k in ("device", "fleet", "broker", "username", "password")}
+    firmware.update(
+        hardware=agent["hardware"],
+        tags=agent["tags"],
+        state_dir=state_dir or HOST_FIRMWARE_STATE_DIR,
+        hmac_key_id="x",  # placeholders of the right kind, for the check before writing
+        hmac_key="x",
+        **_tls_keys(agent),
     )
+    return firmware
+
+
+def _host_firmware_files(
+    keys_dir: Path,
+    device: str,
+    fleet: str,
+    values: dict[str, Any],
+    out: Path,
+    files: dict[str, Path],
+    now: float,
+) -> tuple[str, bool]:
+    """Write ``device.toml`` with the device's HMAC key: ``(key id, whether it is new)``."""
+    from ..firmware.signing import generate_device_key, load_device_keys
+
+    key = load_device_keys(keys_dir).get(device)
+    created = key is None
+    if key is None:
+        key = generate_device_key(keys_dir, device)
+    values = {**values, "hmac_key_id": key.key_id, "hmac_key": key.key_b64}
+    files["firmware_config"] = out / "device.toml"
+    text = render_host_firmware_config(values, device, fleet, now)
+    atomic_write_bytes(files["firmware_config"], text.encode(), mode=0o600)
+    return key.key_id, created

@@ -319,6 +319,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "edgeops-firmware: cannot create the MQTT client\n");
         return 1;
     }
+    if (host_config_mqtt(&config, mosq, err, sizeof err) != 0) { /* login, TLS */
+        fprintf(stderr, "edgeops-firmware: %s\n", err);
+        return 2;
+    }
     memset(&port, 0, sizeof port);
     port.ctx = mosq;
     port.publish = port_publish;
@@ -354,10 +358,13 @@ int main(int argc, char **argv)
     while (!stopping) {
         const uint64_t now = port_monotonic_us(NULL);
         if (!connected_once && now >= retry_at) {
-            if (mosquitto_connect(mosq, config.broker_host, config.broker_port, keepalive) ==
-                MOSQ_ERR_SUCCESS) {
+            const int crc = mosquitto_connect(mosq, config.broker_host, config.broker_port,
+                                              keepalive);
+            if (crc == MOSQ_ERR_SUCCESS) {
                 connected_once = 1;
             } else {
+                fprintf(stderr, "edgeops-firmware warning: cannot connect to %s:%d (%s)\n",
+                        config.broker_host, config.broker_port, mosquitto_strerror(crc));
                 retry_at = now + (uint64_t)backoff_ms * 1000u;
                 backoff_ms = backoff_ms < 8000 ? backoff_ms * 2 : 8000;
             }
@@ -369,13 +376,22 @@ int main(int argc, char **argv)
                     edgeops_agent_disconnected(&agent);
                 }
                 if (now >= retry_at) {
-                    if (mosquitto_reconnect(mosq) != MOSQ_ERR_SUCCESS) {
-                        retry_at = now + (uint64_t)backoff_ms * 1000u;
-                        backoff_ms = backoff_ms < 8000 ? backoff_ms * 2 : 8000;
-                    } else {
-                        backoff_ms = 250;
+                    /* a login the broker refuses (on_connect) backs off like a failed
+                     * connection: the backoff starts over only once connected */
+                    const int rrc = mosquitto_reconnect(mosq);
+                    if (rrc != MOSQ_ERR_SUCCESS) {
+                        fprintf(stderr, "edgeops-firmware warning: cannot connect to %s:%d "
+                                "(%s)\n", config.broker_host, config.broker_port,
+                                mosquitto_strerror(rrc));
                     }
+                    retry_at = now + (uint64_t)backoff_ms * 1000u;
+                    backoff_ms = backoff_ms < 8000 ? backoff_ms * 2 : 8000;
+                } else {
+                    struct timespec pause = {0, 20 * 1000000L}; /* no busy loop meanwhile */
+                    nanosleep(&pause, NULL);
                 }
+            } else if (agent.connected) {
+                backoff_ms = 250;
             }
         } else {
             struct timespec pause = {0, 20 * 1000000L};
