@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -288,3 +289,27 @@ def test_a_message_that_breaks_ingest_is_dropped_alone_and_counted(ws, fleet):
     assert col.accepted == {"telemetry": 1} and col.rejected == {"internal_error": 1}
     assert MonitoringStore(ws.db, name).counters() == {"internal_error": 1}
     assert [w.seq for w in MonitoringStore(ws.db, name).windows()] == [1]
+
+
+def test_the_message_queue_is_bounded_in_bytes_as_well_as_in_messages():
+    from edgeops.mqtt import MessageQueue
+
+    q = MessageQueue(maxsize=100, max_bytes=300_000)
+    big = [Message("t", bytes([i]) * 100_000, False) for i in range(40)]
+    producer = threading.Thread(target=lambda: [q.put(m) for m in big])
+    producer.start()
+    got = []
+    while len(got) < len(big):
+        got.append(q.get(timeout=10))
+        time.sleep(0.002)  # a consumer slower than the producer: the producer waits
+    producer.join(10)
+    assert [m.payload[0] for m in got] == list(range(40))  # nothing lost, in order
+    assert q.peak_bytes == 300_000 and q.bytes == 0
+    q.put(Message("t", b"x" * 200_000, False))
+    with pytest.raises(queue.Full):
+        q.put(Message("t", b"y" * 200_000, False), block=False)
+    with pytest.raises(queue.Full):
+        q.put(Message("t", b"y" * 200_000, False), timeout=0.05)
+    q.get()
+    q.put(Message("t", b"z" * 500_000, False))  # over the bound alone: goes into an empty queue
+    assert q.bytes == 500_000 and q.qsize() == 1

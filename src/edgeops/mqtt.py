@@ -54,6 +54,51 @@ class Message:
     conn: int = 0  # the connection (counted from 1) it arrived on
 
 
+class MessageQueue(queue.Queue):
+    """A FIFO of :class:`Message` bounded in messages *and* in payload bytes: ``put``
+    waits while either bound would be passed (a message bigger than ``max_bytes`` on its
+    own still goes in when the queue is empty, so nothing is stuck forever). The bytes
+    held are ``self.bytes``; the most ever held, ``self.peak_bytes``."""
+
+    def __init__(self, maxsize: int = 0, max_bytes: int = 0) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    def _room_for(self, size: int) -> bool:
+        if 0 < self.maxsize <= self._qsize():
+            return False
+        return not (self.max_bytes and self.bytes and self.bytes + size > self.max_bytes)
+
+    def put(self, item: Message, block: bool = True, timeout: float | None = None) -> None:
+        size = len(item.payload)
+        with self.not_full:
+            if not self._room_for(size):
+                if not block:
+                    raise queue.Full
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not self._room_for(size):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise queue.Full
+                    self.not_full.wait(left)
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def _put(self, item: Message) -> None:
+        self.queue.append(item)
+        self.bytes += len(item.payload)
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    def _get(self) -> Message:
+        item = self.queue.popleft()
+        self.bytes -= len(item.payload)
+        self.not_full.notify_all()  # a waiting put may now fit (get() notifies only one)
+        return item
+
+
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
     """``(host, port, username, password, tls)`` of ``mqtt://[user:pass@]host[:port]``.
 
@@ -77,6 +122,7 @@ class MqttClient:
         client_id: str | None = None,
         max_queue: int = 100_000,
         *,
+        max_queue_bytes: int = 0,
         protocol: str = "3.1.1",
         manual_ack: bool = False,
         session_expiry: int = 0,
@@ -116,7 +162,7 @@ class MqttClient:
             self.client.username_pw_set(user, password)
         if tls:  # system CAs, or the one named by ?ca_file=PATH (e.g. the fleet CA)
             self.client.tls_set(ca_certs=parse_qs(urlsplit(url).query).get("ca_file", [None])[0])
-        self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queue)
+        self.messages: MessageQueue = MessageQueue(max_queue, max_queue_bytes)
         self.dropped = 0
         self.connections = 0  # connections made so far; Message.conn refers to these
         self.session_present = False

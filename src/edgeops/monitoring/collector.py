@@ -21,10 +21,11 @@ after its PUBACK (e.g. a Mosquitto restart, which forgets shared
 subscriptions). Messages are batched — up to ``batch_size`` or
 ``linger`` seconds after the first — and each batch is one transaction; one
 thread parses the next batch while another writes the last one. Memory is
-bounded: the queue holds at most ``queue_size`` messages (paho's network thread
-waits when it is full, so the broker is held back over TCP), at most two parsed
-batches wait for the writer, and the broker sends at most ``receive_maximum``
-unacknowledged messages (MQTT 5; Mosquitto 2.0 does not hold to it strictly).
+bounded: the queue holds at most ``queue_size`` messages and ``queue_bytes`` bytes
+of payload (paho's network thread waits when it is full, so the broker is held back
+over TCP), at most two parsed batches wait for the writer, and the broker sends at
+most ``receive_maximum`` unacknowledged messages (MQTT 5; Mosquitto 2.0 does not hold
+to it strictly).
 
 One process stores 8,000-9,000 windows a second on one core of the benchmark
 machine (bench/ingest.py, docs/benchmarks.md); run one collector per core, each
@@ -88,6 +89,7 @@ class CollectorOptions:
     batch_size: int = 500  # messages per transaction, at most
     linger: float = 0.05  # seconds to wait for a batch to fill after its first message
     queue_size: int = 2000  # messages held in memory, at most
+    queue_bytes: int = 64 * 1024 * 1024  # ... and bytes of their payloads, at most
     receive_maximum: int = 1000  # unacknowledged messages the broker may send (MQTT 5)
     session_expiry: int = 3600  # seconds the broker keeps the session while we are away
 
@@ -118,6 +120,7 @@ class Collector:
             mqtt_url,
             client_id=self.client_id,
             max_queue=self.opts.queue_size,
+            max_queue_bytes=self.opts.queue_bytes,
             protocol=self.opts.protocol,
             manual_ack=True,
             session_expiry=self.opts.session_expiry,
