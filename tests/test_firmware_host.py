@@ -8,6 +8,10 @@ against emlearn's C. Then the host firmware as a process on Mosquitto: it joins 
 real rollout next to a Python agent, serves the emlearn reference's predictions,
 and its telemetry passes the real collector; a corrupted chunk, a bad HMAC and a
 replayed (lower seq) manifest are each rejected while the old model keeps serving.
+Its samples (within the budget) and labels are stored by the real collector and
+re-scored by the skew check; a firmware with compiled-in fitted features rejects a
+manifest with other ones; the flash and RAM it declares reach `edgeops fleet list`.
+Downloads that resume after a kill: test_firmware_resume.py.
 
 Needs gcc, emlearn (the ``mcu`` extra) and libmosquitto-dev; fails, not skips,
 without the first two, and without libmosquitto in CI.
@@ -526,26 +530,48 @@ class Watcher:
         self.client.subscribe(device_filter(fleet, "events"))
         self.client.subscribe(device_filter(fleet, "state"))
         self.client.subscribe(device_filter(fleet, "telemetry"))
+        self.client.subscribe(device_filter(fleet, "samples"))
+        self.client.subscribe(device_filter(fleet, "labels"))
         self.client.connect()
         self.events: list[dict] = []
+        self.raw_events: list[dict] = []  # as sent: with the firmware's chunk counts
         self.states: dict[str, dict] = {}
         self.telemetry: list[bytes] = []
+        self.samples: list[bytes] = []
+        self.labels: list[bytes] = []
 
     def pump(self, seconds: float = 0.2) -> None:
         for msg in self.client.drain(seconds):
             kind = msg.topic.rsplit("/", 1)[1]
             if kind == "events":
                 self.events.append(parse_event(msg.payload))
+                self.raw_events.append(json.loads(msg.payload))
             elif kind == "state":
                 st = parse_state(msg.payload)
                 self.states[st["device"]] = st
             elif kind == "telemetry":
                 self.telemetry.append(msg.payload)
+            elif kind == "samples":
+                self.samples.append(msg.payload)
+            elif kind == "labels":
+                self.labels.append(msg.payload)
 
     def event(self, device: str, kind: str, seq: int | None = None) -> dict | None:
         self.pump()
         for e in self.events:
             if e["device"] == device and e["event"] == kind and seq in (None, e["seq"]):
+                return e
+        return None
+
+    def raw_event(self, device: str, kind: str, **fields) -> dict | None:
+        """The first event of ``device`` of ``kind`` with these field values, as sent."""
+        self.pump()
+        for e in self.raw_events:
+            if (
+                e["device"] == device
+                and e["event"] == kind
+                and all(e.get(k) == v for k, v in fields.items())
+            ):
                 return e
         return None
 
@@ -788,3 +814,294 @@ def test_conformance_tool_documents_every_command():
     handled = set(re.findall(r'strcmp\(line, "(\w+)"\)', text))
     documented = set(re.findall(r"^ \*   (\w+)", text, re.MULTILINE))
     assert handled == documented
+
+
+# --- samples and labels from the firmware ---------------------------------------------------
+
+
+def _manifest(ws, ref: str, *, fleet: str, device: str, seq: int, chunk_size: int = 4096):
+    """The manifest a rollout would sign for ``ref``'s loadable variant, and its bytes."""
+    mv = ws.registry.get_version(ref)
+    variant = next(v for v in mv.variants if v.name == LOADABLE_VARIANT)
+    data = ws.registry.variant_bytes(ref, variant.name)
+    manifest = build_manifest(
+        fleet=fleet,
+        device=device,
+        seq=seq,
+        rollout=None,
+        mv=mv,
+        variant=variant,
+        data=data,
+        hardware=["*"],
+        opts=ManifestOptions(chunk_size=chunk_size),
+    )
+    return manifest, data
+
+
+def _seq_of(sample_id: str) -> int:
+    return int(sample_id.rsplit("/", 1)[1])
+
+
+def test_firmware_samples_within_the_budget_are_stored_labelled_and_rescored(
+    fleet, firmware_bin, broker, tmp_path
+):
+    from edgeops.model_io import load_sklearn
+    from edgeops.monitoring.service import MonitoringService
+    from edgeops.monitoring.store import MonitoringStore
+    from edgeops_protocol.messages import parse_label, parse_sample
+
+    ws, _key, client, watcher = fleet
+    name = ws.settings.fleet
+    keys_dir = tmp_path / "device-keys"
+    # the device's own budget is 5 samples an hour; the first manifest raises it to 12
+    fw = _firmware(firmware_bin, tmp_path, broker, name, "mcu-s", keys_dir, window_count=100,
+                   extra={"samples_per_hour": 5})  # fmt: skip
+    dk = load_device_keys(keys_dir)["mcu-s"]
+    collecting = Collecting(ws, broker, name)
+    store = MonitoringStore(ws.db, name)
+    X = _digits()[:300]
+    y = digits_frame()["label"].to_numpy()[:300]
+    try:
+        wait_until(lambda: watcher.pump() or "mcu-s" in watcher.states, what="the firmware online")
+        boot = watcher.states["mcu-s"]["boot"]
+        manifest, data = _manifest(ws, "digits@1", fleet=name, device="mcu-s", seq=10)
+        manifest["serving"]["sampling"] = {"per_hour": 12}
+        _publish_deployment(client, name, _sign(manifest, dk), data)
+        assert wait_until(lambda: watcher.event("mcu-s", "activated", 10), what="v1 activated")
+
+        # a message budget: in the first hour every prediction is a candidate, so the first
+        # 12 of 300 predictions are sampled and no more
+        answers = fw.predict(X.tolist())
+        sampled = [i for i, a in enumerate(answers) if "sample_id" in a]
+        assert sampled == list(range(12))
+        assert [answers[i]["sample_id"] for i in sampled] == [
+            f"mcu-s/{boot}/{k}" for k in range(1, 13)
+        ]
+        wait_until(
+            lambda: len(store.samples("digits@1", device="mcu-s", limit=None)) == 12,
+            what="12 samples in the collector's store",
+        )
+        rows = sorted(store.samples("digits@1", device="mcu-s", limit=None),
+                      key=lambda r: _seq_of(r.sample_id))  # fmt: skip
+        expected = _reference(ws, "digits@1", X)
+        for k, r in enumerate(rows):
+            assert r.sample_id == answers[k]["sample_id"]
+            assert r.variant == LOADABLE_VARIANT and r.input is None
+            assert r.features == [float(v) for v in X[k]]
+            assert r.outputs == np.eye(10)[expected[k]].tolist()
+            assert r.predicted == str(expected[k]) == answers[k]["label"]
+        watcher.pump(0.5)
+        firmware_samples = [parse_sample(p) for p in watcher.samples]
+        assert [s["seq"] for s in firmware_samples] == list(range(1, 13))
+        assert {s["model"]["sha256"] for s in firmware_samples} == {manifest["artifact"]["sha256"]}
+
+        # labels from the device for the first 6 samples; the collector attaches them
+        for k in range(6):
+            assert fw.label(rows[k].sample_id, str(y[k])) == {"ok": True}
+        assert "error" in fw.label("mcu-other/1-0/1", "3")  # not one of its samples
+        assert "error" in fw.label(rows[0].sample_id, "")
+
+        def labelled_count() -> int:
+            return len(store.samples("digits@1", device="mcu-s", labelled=True, limit=None))
+
+        wait_until(lambda: labelled_count() == 6, what="6 labelled samples")
+        labelled = {r.sample_id: r.label for r in store.samples("digits@1", labelled=True)}
+        assert labelled == {rows[k].sample_id: str(y[k]) for k in range(6)}
+        watcher.pump(0.5)
+        assert [parse_label(p)["device"] for p in watcher.labels] == ["mcu-s"] * 6
+
+        # the skew check re-runs the firmware's samples through the float model, and the
+        # labels give the on-device accuracy
+        skew = MonitoringService(ws).skew("digits@1", scope="device:mcu-s")
+        original = load_sklearn(ws.registry.variant_bytes("digits@1", "original"))
+        floats = original.predict(X[:12])
+        assert skew["agreement"]["samples"] == 12
+        overall = skew["agreement"]["overall"]
+        assert overall["n"] == 12
+        assert overall["agreeing"] == int(np.sum(floats.astype(int) == expected[:12]))
+        accuracy = skew["accuracy"]
+        assert accuracy["labelled"] == 6
+        assert accuracy["overall"]["correct"] == int(np.sum(expected[:6] == y[:6]))
+
+        # a byte budget (v2's serving.sampling: no message limit, 3,000 bytes an hour): samples
+        # are taken until their bytes reach the budget; the one that crosses it still goes
+        manifest2, data2 = _manifest(ws, "digits@2", fleet=name, device="mcu-s", seq=11)
+        manifest2["serving"]["sampling"] = {"per_hour": 0, "bytes_per_hour": 3000}
+        _publish_deployment(client, name, _sign(manifest2, dk), data2)
+        assert wait_until(lambda: watcher.event("mcu-s", "activated", 11), what="v2 activated")
+        answers2 = fw.predict(X.tolist())
+        sampled2 = [i for i, a in enumerate(answers2) if "sample_id" in a]
+        assert 2 <= len(sampled2) < 12 and sampled2 == list(range(len(sampled2)))
+
+        def v2_samples():
+            watcher.pump(0.2)
+            return [p for p in watcher.samples if parse_sample(p)["model"]["version"] == 2]
+
+        got = wait_until(
+            lambda: len(v2_samples()) == len(sampled2) and v2_samples(), what="v2 samples"
+        )
+        sizes = [len(p) for p in got]
+        assert sum(sizes[:-1]) < 3000 <= sum(sizes)
+        assert [_seq_of(answers2[i]["sample_id"]) for i in sampled2] == list(
+            range(13, 13 + len(sampled2))
+        )
+        wait_until(
+            lambda: len(store.samples("digits@2", device="mcu-s", limit=None)) == len(sampled2),
+            what="v2's samples stored",
+        )
+        assert not collecting.collector.rejected, collecting.collector.rejected
+    finally:
+        collecting.stop()
+        fw.stop()
+
+
+# --- the feature transforms compiled in ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def features_firmware(models, tmp_path_factory):
+    """The host firmware built with digits@1's fitted features as its compiled-in ones
+    (what `edgeops firmware generate` writes into app/edgeops_board_config.h)."""
+    from edgeops.firmware.project import features_fingerprint
+
+    _require_mosquitto_dev()
+    ws = Workspace.open(models)
+    try:
+        features = ws.registry.variant("digits@1", LOADABLE_VARIANT).meta["features"]
+        v2 = ws.registry.variant("digits@2", LOADABLE_VARIANT).meta["features"]
+    finally:
+        ws.close()
+    fingerprint = features_fingerprint(features)
+    assert features_fingerprint(v2) == fingerprint  # same data, same split: same fit
+    binary = build_host(
+        tmp_path_factory.mktemp("fw-features"),
+        config={"EDGEOPS_FEATURES_SHA256": f'"{fingerprint}"'},
+    )
+    return binary, features, fingerprint
+
+
+def test_a_manifest_with_other_fitted_features_is_rejected_and_the_old_model_serves(
+    fleet, features_firmware, broker, tmp_path
+):
+    import copy
+
+    from edgeops.firmware.project import features_fingerprint
+
+    binary, features, fingerprint = features_firmware
+    ws, _key, client, watcher = fleet
+    name = ws.settings.fleet
+    keys_dir = tmp_path / "device-keys"
+    fw = _firmware(binary, tmp_path, broker, name, "mcu-f", keys_dir)
+    dk = load_device_keys(keys_dir)["mcu-f"]
+    X = _digits()[:100]
+    try:
+        wait_until(lambda: watcher.pump() or "mcu-f" in watcher.states, what="the firmware online")
+        # the same fitted features: activates
+        manifest, data = _manifest(ws, "digits@1", fleet=name, device="mcu-f", seq=20)
+        assert features_fingerprint(manifest["serving"]["features"]) == fingerprint
+        _publish_deployment(client, name, _sign(manifest, dk), data)
+        assert wait_until(lambda: watcher.event("mcu-f", "activated", 20), what="v1 activated")
+        v1 = _reference(ws, "digits@1", X)
+        v2 = _reference(ws, "digits@2", X)
+        assert not np.array_equal(v1, v2)
+
+        def serving(expected):
+            return np.array_equal([a["class"] for a in fw.predict(X.tolist())], expected)
+
+        assert serving(v1)
+        # other fitted features (a changed spec; none at all): rejected, naming both hashes
+        # (the firmware's canonical JSON hashes as Python's does), and v1 keeps serving
+        other = copy.deepcopy(features)
+        other["spec"]["name"] = f"{other['spec']['name']}-v2"
+        for seq, changed in ((21, other), (22, None)):
+            m2, data2 = _manifest(ws, "digits@2", fleet=name, device="mcu-f", seq=seq)
+            m2["serving"]["features"] = changed
+            _publish_deployment(client, name, _sign(m2, dk), data2)
+            rejected = wait_until(lambda s=seq: watcher.event("mcu-f", "rejected", s),
+                                  what=f"seq {seq} rejected")  # fmt: skip
+            assert rejected["reason"] == (
+                "feature transforms differ: the manifest's serving.features (sha256 "
+                f"{features_fingerprint(changed)[:16]}) are not the ones compiled into this "
+                f"firmware (sha256 {fingerprint[:16]}); generate and flash a firmware for this "
+                "model's features"
+            )
+            assert serving(v1)
+        watcher.pump(0.5)
+        assert watcher.states["mcu-f"]["accepted_seq"] == 20  # a rejected seq is not accepted
+        # v2 with the same fitted features goes through
+        m3, data3 = _manifest(ws, "digits@2", fleet=name, device="mcu-f", seq=23)
+        _publish_deployment(client, name, _sign(m3, dk), data3)
+        assert wait_until(lambda: watcher.event("mcu-f", "activated", 23), what="v2 activated")
+        assert serving(v2)
+    finally:
+        fw.stop()
+
+
+def test_generated_board_config_carries_the_features_fingerprint():
+    from edgeops.firmware.project import board_config_h, features_fingerprint
+
+    assert features_fingerprint(None) == hashlib.sha256(b"null").hexdigest()
+    fp = features_fingerprint({"b": [1.5, -0.0], "a": "x"})
+    assert fp == hashlib.sha256(b'{"a":"x","b":[1.5,-0.0]}').hexdigest()
+    text = board_config_h({"EDGEOPS_MAX_CHUNKS": 8}, "host", "m@1", "emlearn-loadable", fp)
+    assert f'#define EDGEOPS_FEATURES_SHA256 "{fp}"' in text
+    assert "EDGEOPS_FEATURES_SHA256" not in board_config_h({}, "host", "m@1", "v")
+
+
+# --- flash and RAM the firmware declares, in the fleet registry ---------------------------------
+
+
+def test_declared_flash_and_ram_reach_the_fleet_registry_and_fleet_list(
+    fleet, firmware_bin, broker, tmp_path, models, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from edgeops.cli import app
+    from edgeops.cli._common import console
+
+    monkeypatch.setattr(console, "_width", 200)  # one line per device
+    from edgeops.fleet.store import FleetStore, device_summary
+    from edgeops_protocol.topics import ProtocolError
+
+    ws, _key, client, watcher = fleet
+    name = ws.settings.fleet
+    keys_dir = tmp_path / "device-keys"
+    fw = _firmware(firmware_bin, tmp_path, broker, name, "mcu-m", keys_dir,
+                   flash_bytes=1 << 20, ram_bytes=256 << 10)  # fmt: skip
+    quiet = _firmware(firmware_bin, tmp_path, broker, name, "mcu-q", keys_dir)
+    try:
+        wait_until(
+            lambda: watcher.pump() or {"mcu-m", "mcu-q"} <= set(watcher.states),
+            what="both online",
+        )
+        # parse_state keeps them (the watcher parses with it)
+        assert (watcher.states["mcu-m"]["flash_bytes"], watcher.states["mcu-m"]["ram_bytes"]) == (
+            1 << 20,
+            256 << 10,
+        )
+        assert "flash_bytes" not in watcher.states["mcu-q"]
+        fs = FleetStore(ws.db, name)
+        assert fs.sync(client) >= 2
+        summary = device_summary(fs.get("mcu-m"))
+        assert (summary["flash_bytes"], summary["ram_bytes"]) == (1 << 20, 256 << 10)
+        assert device_summary(fs.get("mcu-q"))["flash_bytes"] is None
+        result = CliRunner().invoke(
+            app, ["-w", str(models), "fleet", "list", "--no-sync", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        listed = {d["device"]: d for d in json.loads(result.output)}
+        assert listed["mcu-m"]["ram_bytes"] == 256 << 10
+        result = CliRunner().invoke(app, ["-w", str(models), "fleet", "list", "--no-sync"])
+        assert result.exit_code == 0, result.output
+        assert "flash / RAM" in result.output and "1024 KiB / 256 KiB" in result.output
+    finally:
+        fw.stop()
+        quiet.stop()
+    # anything but a positive integer is a malformed state
+    base = {"protocol": 1, "type": "state", "fleet": "lab", "device": "d", "online": True,
+            "boot": "b", "ts": 1.0, "hardware": "h", "runtimes": [], "accepted_seq": 0,
+            "model": None, "previous": None}  # fmt: skip
+    assert parse_state(json.dumps({**base, "ram_bytes": 4096}).encode())["ram_bytes"] == 4096
+    for bad in (0, -1, 1.5, "4096", True):
+        with pytest.raises(ProtocolError):
+            parse_state(json.dumps({**base, "flash_bytes": bad}).encode())

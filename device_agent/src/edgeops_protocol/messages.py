@@ -117,7 +117,10 @@ def _model_ref(value: Any, key: str) -> dict | None:
 
 
 def parse_state(payload: bytes, max_bytes: int = 64 * 1024) -> dict:
-    """A device's reported state (or the offline state its last will publishes)."""
+    """A device's reported state (or the offline state its last will publishes).
+
+    ``flash_bytes`` and ``ram_bytes`` are kept when the device declares them (positive
+    integers; anything else is a malformed state)."""
     obj = decode(payload, "state", max_bytes)
     out: dict[str, Any] = {
         "fleet": validate_id(_str(obj, "fleet", 64) or "", "fleet"),
@@ -154,6 +157,11 @@ def parse_state(payload: bytes, max_bytes: int = 64 * 1024) -> dict:
     ):
         raise ProtocolError("field 'tags' must be a list of at most 32 short strings")
     out["runtimes"], out["tags"] = list(runtimes), list(tags)
+    # optional: the flash and RAM a device offers its firmware (rollouts check footprints)
+    for key in ("flash_bytes", "ram_bytes"):
+        value = _int(obj, key, 1, optional=True)
+        if value is not None:
+            out[key] = value
     return out
 
 

@@ -48,10 +48,14 @@ def list_(
     if json_out:
         print_json(rows)
         return
+    # flash / RAM only when a device declares them (microcontroller firmware does)
+    memory = any(r["flash_bytes"] or r["ram_bytes"] for r in rows)
     console.print(
         table(
             f"Fleet {workspace(ctx).settings.fleet}",
-            ["device", "online", "model", "variant", "runtime", "hardware", "last seen", "tags"],
+            ["device", "online", "model", "variant", "runtime", "hardware"]
+            + (["flash / RAM"] if memory else [])
+            + ["last seen", "tags"],
             [
                 [
                     r["device"],
@@ -60,13 +64,20 @@ def list_(
                     r["variant"] or "",
                     ", ".join(r["runtimes"]),
                     r["hardware"] or "",
-                    when(r["last_seen"]),
-                    ", ".join(r["tags"]),
                 ]
+                + ([_memory(r)] if memory else [])
+                + [when(r["last_seen"]), ", ".join(r["tags"])]
                 for r in rows
             ],
         )
     )
+
+
+def _memory(r: dict) -> str:
+    """``1024 KiB / 256 KiB``: the flash and RAM a device declares ("?" for one it omits)."""
+    if not (r["flash_bytes"] or r["ram_bytes"]):
+        return ""
+    return " / ".join(f"{r[k] // 1024} KiB" if r[k] else "?" for k in ("flash_bytes", "ram_bytes"))
 
 
 @app.command("show")

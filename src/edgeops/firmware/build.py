@@ -201,10 +201,13 @@ def build_host(
     config: Mapping[str, int | str] | None = None,
     cc: str | None = None,
     optimize: str = "-O2",
+    tflm: bool = False,
 ) -> Path:
     """The host firmware ``out_dir/edgeops-firmware`` (core + ports/host + libmosquitto).
 
     ``config`` overrides edgeops_config.h limits, e.g. ``{"EDGEOPS_MODEL_MAX_BYTES": 65536}``.
+    ``tflm``: also run TFLite flatbuffers (``EDGEOPS_WITH_TFLM=1``: ``ports/host/host_tflm.c``
+    runs the tflite-micro interpreter in a coprocess; the state lists ``tflite-micro``).
     """
     if not has_libmosquitto(cc):
         raise ConfigError(
@@ -216,7 +219,10 @@ def build_host(
         [*core_sources(root), *port_sources("host", root)],
         Path(out_dir) / "edgeops-firmware",
         includes=[root / "ports" / "host"],
-        defines=[*HOST_DEFINES, *_defines(config)],
+        defines=[
+            *HOST_DEFINES,
+            *_defines({**({"EDGEOPS_WITH_TFLM": 1} if tflm else {}), **(config or {})}),
+        ],
         libs=["-lmosquitto"],
         cc=cc,
         optimize=optimize,

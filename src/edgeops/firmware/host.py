@@ -9,8 +9,10 @@ per line out. The tests use it; so can ``edgeops firmware test``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,8 @@ class HostFirmware:
                 stderr=log,
                 text=True,
                 bufsize=1,
+                # a TFLM build runs TFLite Micro in `python -m edgeops.firmware.tflm_worker`
+                env={"EDGEOPS_TFLM_PYTHON": sys.executable, **os.environ},
             )
         finally:
             log.close()
@@ -114,6 +118,18 @@ class HostFirmware:
                     raise RuntimeError(f"the firmware stopped; its log:\n{self.log()[-2000:]}")
                 answers.append(json.loads(line))
         return answers
+
+    def label(self, sample_id: str, label: str) -> dict[str, Any]:
+        """Ground truth for a sampled prediction (its answer's ``sample_id``), which the
+        firmware publishes on its ``labels`` topic: ``{"ok": true}`` or ``{"error": ...}``."""
+        proc = self._running()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"sample_id": sample_id, "label": label}) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the firmware stopped; its log:\n{self.log()[-2000:]}")
+        return json.loads(line)
 
     def _running(self) -> subprocess.Popen[str]:
         if self.proc is None or self.proc.poll() is not None:

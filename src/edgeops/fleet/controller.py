@@ -58,7 +58,6 @@ from .deploy import (
     ManifestOptions,
     build_manifest,
     choose_fitting_variant,
-    declared_memory,
     publish_artifact,
 )
 from .keys import SigningKey
@@ -87,19 +86,6 @@ class RolloutOptions:
     hardware: tuple[str, ...] = ("*",)
     manifest: ManifestOptions = field(default_factory=ManifestOptions)
     gates: QualityGates = field(default_factory=QualityGates)  # judged while stages soak
-
-
-def _with_memory(state: dict[str, Any], payload: bytes) -> dict[str, Any]:
-    """``state`` with the optional ``flash_bytes`` / ``ram_bytes`` of the raw message, which
-    ``parse_state`` does not keep (yet): the footprint check reads them from the device's
-    recorded state."""
-    if not state.get("online"):
-        return state
-    try:
-        raw = json.loads(payload)
-    except ValueError:
-        return state
-    return {**state, **declared_memory(raw)} if isinstance(raw, dict) else state
 
 
 class RolloutController:
@@ -297,7 +283,7 @@ class RolloutController:
             try:
                 fleet, device, kind = parse_device_topic(msg.topic)
                 if kind == "state":
-                    state = _with_memory(parse_state(msg.payload), msg.payload)
+                    state = parse_state(msg.payload)  # flash_bytes / ram_bytes too
                     if state["device"] == device and fleet == self.fleet.fleet:
                         states.append(state)
                 elif kind == "events":

@@ -2,11 +2,13 @@
 
 Which variant a device gets: the one named, or else the best its runtimes can
 run — ``tflite-int8`` then ``tflite-f32`` for TFLite runtimes, ``onnx-int8`` then
-``onnx-f32`` for onnxruntime, ``c-tflm`` for TFLite Micro, and for emlearn
-firmware ``emlearn-loadable`` (the model as data, loaded over the air) then
-``c-emlearn``. A device that declares ``flash_bytes`` / ``ram_bytes`` in its
-state is skipped when that variant's measured footprint (``metrics["footprint"]``,
-from ``edgeops firmware generate --target cortex-m4``) needs more
+``onnx-f32`` for onnxruntime, ``tflm`` for TFLite Micro (the int8 flatbuffer,
+format ``tflite`` with runtime ``tflm``: :func:`edgeops.firmware.variants.add_tflm_variant`),
+and for emlearn firmware ``emlearn-loadable`` (the model as data, loaded over the air)
+then ``c-emlearn``. ``c-tflm`` (the flatbuffer as a C array, for ``edgeops firmware
+generate``) is never sent over the air. A device that declares ``flash_bytes`` /
+``ram_bytes`` in its state is skipped when that variant's measured footprint
+(``metrics["footprint"]``, from ``edgeops firmware generate --target cortex-m4``) needs more
 (:func:`footprint_misfit`, :func:`choose_fitting_variant`).
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "declared_memory",
     "footprint_misfit",
     "publish_artifact",
+    "variant_family",
 ]
 
 DEFAULT_TTL = 7 * 24 * 3600.0  # a desired state is valid for a week and re-signed before then
@@ -40,11 +43,19 @@ DEFAULT_TTL = 7 * 24 * 3600.0  # a desired state is valid for a week and re-sign
 PREFERENCE = {
     "tflite": ("tflite-int8", "tflite-f32"),
     "onnx": ("onnx-int8", "onnx-f32"),
-    "tflm": ("c-tflm",),
+    "tflm": ("tflm",),  # the flatbuffer for TFLite Micro (firmware.variants.add_tflm_variant)
     "emlearn": ("emlearn-loadable", "c-emlearn"),
 }
 MEMORY_FIELDS = ("flash_bytes", "ram_bytes")  # optional state fields (docs/protocol.md)
-_FORMAT_FAMILY = {"tflite": "tflite", "onnx": "onnx", "c-tflm": "tflm", "c-emlearn": "emlearn"}
+# stored format -> the runtime families that run it, the default first: a TFLite flatbuffer
+# is run by the TFLite interpreter or, as the ``tflm`` variant (meta runtime "tflm"), by
+# TFLite Micro
+_FORMAT_FAMILIES = {
+    "tflite": ("tflite", "tflm"),
+    "onnx": ("onnx",),
+    "c-tflm": ("tflm",),
+    "c-emlearn": ("emlearn",),
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,17 @@ def device_families(state: dict[str, Any]) -> list[str]:
     return sorted({RUNTIME_FAMILY.get(r, r) for r in state.get("runtimes", [])})
 
 
+def variant_family(variant: Any) -> str | None:
+    """The runtime family a manifest names for ``variant``: its meta's ``runtime`` when
+    that family runs its format (``tflm`` for the TFLite Micro flatbuffer), else the
+    format's own (``tflite`` for a ``.tflite``); None for formats no device runs."""
+    families = _FORMAT_FAMILIES.get(variant.format, ())
+    runtime = (variant.meta or {}).get("runtime")
+    if runtime in families:
+        return str(runtime)
+    return families[0] if families else None
+
+
 def choose_variant(mv: Any, state: dict[str, Any], wanted: str | None = None) -> Any | None:
     """The variant of version ``mv`` this device should run, or None if it can run none."""
     families = device_families(state)
@@ -79,7 +101,13 @@ def choose_variant(mv: Any, state: dict[str, Any], wanted: str | None = None) ->
             raise InvalidInput(
                 f"{mv.ref} has no variant {wanted!r}; it has {', '.join(sorted(by_name))}"
             )
-        return v if _FORMAT_FAMILY.get(v.format) in families else None
+        if v.format == "c-tflm":
+            raise InvalidInput(
+                f"{mv.ref} c-tflm is the model as C source for a firmware build (edgeops "
+                "firmware generate); over the air TFLite Micro devices take the tflm variant "
+                "(the flatbuffer: edgeops.firmware.variants.add_tflm_variant)"
+            )
+        return v if variant_family(v) in families else None
     for family in PREFERENCE:  # in preference order: TFLite first on a device with both
         if family not in families:
             continue
@@ -140,7 +168,14 @@ def choose_fitting_variant(
     variant = choose_variant(mv, state, wanted)
     if variant is None:
         runtimes = ", ".join(state.get("runtimes", []) or ["(none reported)"])
-        return None, f"no variant for its runtimes {runtimes}"
+        why = f"no variant for its runtimes {runtimes}"
+        names = {v.name for v in mv.variants}
+        if not wanted and "tflm" in device_families(state) and names & {"tflite-int8", "c-tflm"}:
+            why += (
+                f" (TFLite Micro takes the tflm variant: attach it to {mv.ref} with "
+                "edgeops.firmware.variants.add_tflm_variant)"
+            )
+        return None, why
     why = footprint_misfit(variant, state)
     return (None, why) if why else (variant, "")
 
@@ -169,7 +204,9 @@ def build_manifest(
     already (it hashes every chunk; a rollout computes it once per artifact)."""
     now = time.time() if now is None else now
     meta = variant.meta
-    family = _FORMAT_FAMILY[variant.format]
+    family = variant_family(variant)
+    if family is None:
+        raise InvalidInput(f"variant {variant.name} (format {variant.format}) runs on no device")
     budget = opts.latency_budget_ms
     if budget is None:  # generous: a Pi is slower than the build machine
         budget = max(50.0, 50.0 * float(variant.metrics.get("latency_ms_p95", 1.0)))

@@ -220,6 +220,9 @@ def device_summary(d: Device) -> dict[str, Any]:
         "accepted_seq": st.get("accepted_seq"),
         "previous": st.get("previous"),
         "agent": st.get("agent"),
+        # what a microcontroller offers its firmware (optional; rollouts check footprints)
+        "flash_bytes": st.get("flash_bytes"),
+        "ram_bytes": st.get("ram_bytes"),
     }
 
 

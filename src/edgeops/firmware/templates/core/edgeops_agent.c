@@ -5,13 +5,16 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "edgeops_codec.h"
 #include "edgeops_jsonw.h"
 
-enum { OUT_EVENT = 0, OUT_TELEMETRY = 1 };
+enum { OUT_EVENT = 0, OUT_TELEMETRY = 1, OUT_SAMPLE = 2, OUT_LABEL = 3 };
 #define PROBATION_MIN_PREDICTIONS 20u
+
+static void sampler_start(edgeops_agent_t *a);
 
 void edgeops_agent_log(edgeops_agent_t *a, int level, const char *fmt, ...)
 {
@@ -74,7 +77,9 @@ edgeops_err_t edgeops_agent_init(edgeops_agent_t *a, const edgeops_device_t *dev
     if (!topic(a->topic_state, device->fleet, device->device, "state") ||
         !topic(a->topic_desired, device->fleet, device->device, "desired") ||
         !topic(a->topic_events, device->fleet, device->device, "events") ||
-        !topic(a->topic_telemetry, device->fleet, device->device, "telemetry")) {
+        !topic(a->topic_telemetry, device->fleet, device->device, "telemetry") ||
+        !topic(a->topic_samples, device->fleet, device->device, "samples") ||
+        !topic(a->topic_labels, device->fleet, device->device, "labels")) {
         return EDGEOPS_ERR_ARG;
     }
     snprintf(a->artifacts_prefix, sizeof a->artifacts_prefix, "edgeops/%s/artifacts/",
@@ -108,6 +113,7 @@ edgeops_err_t edgeops_agent_start(edgeops_agent_t *a)
     }
     snprintf(a->boot, sizeof a->boot, "%lu-%08lx", (unsigned long)a->state.boot,
              (unsigned long)a->port.random_u32(a->port.ctx));
+    sampler_start(a);
     a->started = 1;
     edgeops_agent_serve_active(a, 1);
     edgeops_deploy_resume(a);
@@ -130,7 +136,16 @@ const edgeops_slot_meta_t *edgeops_agent_active(const edgeops_agent_t *a)
 
 static const char *out_topic(edgeops_agent_t *a, int kind)
 {
-    return kind == OUT_EVENT ? a->topic_events : a->topic_telemetry;
+    switch (kind) {
+    case OUT_EVENT:
+        return a->topic_events;
+    case OUT_SAMPLE:
+        return a->topic_samples;
+    case OUT_LABEL:
+        return a->topic_labels;
+    default:
+        return a->topic_telemetry;
+    }
 }
 
 static void outbox_drop_first(edgeops_agent_t *a)
@@ -317,9 +332,9 @@ void edgeops_agent_publish_state(edgeops_agent_t *a)
     }
 }
 
-void edgeops_agent_event(edgeops_agent_t *a, const char *event, int64_t seq,
-                         const char *deployment, const char *rollout, double progress,
-                         const char *step, const char *reason)
+static void event_message(edgeops_agent_t *a, const char *event, int64_t seq,
+                          const char *deployment, const char *rollout, double progress,
+                          const char *step, const char *reason, const edgeops_download_t *d)
 {
     edgeops_jsonw_t w;
     size_t len = 0;
@@ -356,6 +371,18 @@ void edgeops_agent_event(edgeops_agent_t *a, const char *event, int64_t seq,
         edgeops_jsonw_key(&w, "step");
         edgeops_jsonw_string(&w, step);
     }
+    if (d != NULL) {
+        edgeops_jsonw_key(&w, "chunks_total");
+        edgeops_jsonw_int(&w, d->n_chunks);
+        edgeops_jsonw_key(&w, "chunks_held");
+        edgeops_jsonw_int(&w, d->received);
+        edgeops_jsonw_key(&w, "chunks_resumed");
+        edgeops_jsonw_int(&w, d->resumed);
+        edgeops_jsonw_key(&w, "chunks_damaged");
+        edgeops_jsonw_int(&w, d->damaged);
+        edgeops_jsonw_key(&w, "chunks_written");
+        edgeops_jsonw_int(&w, d->written);
+    }
     edgeops_jsonw_end(&w);
     if (edgeops_jsonw_finish(&w, &len) != EDGEOPS_OK) {
         return;
@@ -364,6 +391,20 @@ void edgeops_agent_event(edgeops_agent_t *a, const char *event, int64_t seq,
                       reason != NULL ? reason : "");
     /* downloading events are progress only: not kept while offline (as the Python agent) */
     send(a, OUT_EVENT, a->message, len, strcmp(event, "downloading") != 0);
+}
+
+void edgeops_agent_event(edgeops_agent_t *a, const char *event, int64_t seq,
+                         const char *deployment, const char *rollout, double progress,
+                         const char *step, const char *reason)
+{
+    event_message(a, event, seq, deployment, rollout, progress, step, reason, NULL);
+}
+
+void edgeops_agent_download_event(edgeops_agent_t *a, const char *event, double progress)
+{
+    const edgeops_download_t *d = &a->download;
+    event_message(a, event, d->seq, d->deployment, d->has_rollout ? d->rollout : NULL, progress,
+                  NULL, NULL, d);
 }
 
 /* --- telemetry windows --------------------------------------------------------------- */
@@ -407,6 +448,244 @@ void edgeops_agent_close_window(edgeops_agent_t *a)
     send(a, OUT_TELEMETRY, a->message, len, 1);
 }
 
+/* --- samples (docs/protocol.md, "Samples and labels") -------------------------------- */
+
+#define SAMPLES_PER_HOUR_MAX 1000000.0
+#define SAMPLE_BYTES_PER_HOUR_MAX (10.0 * 1024.0 * 1024.0 * 1024.0)
+#define HOUR_US 3600000000.0
+
+static int budget_ok(double v, double hi)
+{
+    return v >= 0.0 && v <= hi; /* NaN fails */
+}
+
+edgeops_err_t edgeops_agent_set_sampling(edgeops_agent_t *a, double per_hour,
+                                         double bytes_per_hour)
+{
+    if (!budget_ok(per_hour, SAMPLES_PER_HOUR_MAX) ||
+        !budget_ok(bytes_per_hour, SAMPLE_BYTES_PER_HOUR_MAX)) {
+        return EDGEOPS_ERR_ARG;
+    }
+    a->sampler.config_per_hour = a->sampler.per_hour = per_hour;
+    a->sampler.config_bytes_per_hour = a->sampler.bytes_per_hour = bytes_per_hour;
+    a->sampler.hour_open = 0;
+    return EDGEOPS_OK;
+}
+
+/* a new boot: sample seq from 1, the draws seeded from "<device>/<boot>" */
+static void sampler_start(edgeops_agent_t *a)
+{
+    edgeops_sampler_t *s = &a->sampler;
+    char seed[EDGEOPS_SAMPLE_ID_MAX];
+    const int n = snprintf(seed, sizeof seed, "%s/%s", a->device.device, a->boot);
+    s->rng = edgeops_codec_crc32(0, (const uint8_t *)seed, n > 0 ? (size_t)n : 0u) | 1u;
+    s->seq = 0;
+    s->hour_open = 0;
+    s->avg_size = 1024.0;
+}
+
+static uint32_t sampler_draw(edgeops_sampler_t *s)
+{
+    uint32_t x = s->rng; /* xorshift32 */
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    s->rng = x;
+    return x;
+}
+
+/* the budget in force for the model of a->doc's manifest: each key serving.sampling gives
+ * ({"per_hour": N, "bytes_per_hour": B}) over the device's own; an unusable one is
+ * ignored with a warning, as the Python agent does (budget_from) */
+static void sampler_configure(edgeops_agent_t *a, int32_t serving)
+{
+    edgeops_sampler_t *s = &a->sampler;
+    double per_hour = s->config_per_hour;
+    double bytes_per_hour = s->config_bytes_per_hour;
+    const int32_t sampling = serving >= 0 ? edgeops_json_get(&a->doc, serving, "sampling") : -1;
+    if (sampling >= 0 && !edgeops_json_is(&a->doc, sampling, EDGEOPS_JSON_NULL)) {
+        int ok = edgeops_json_is(&a->doc, sampling, EDGEOPS_JSON_OBJECT);
+        double v[2] = {per_hour, bytes_per_hour};
+        static const char *const keys[2] = {"per_hour", "bytes_per_hour"};
+        static const double limits[2] = {SAMPLES_PER_HOUR_MAX, SAMPLE_BYTES_PER_HOUR_MAX};
+        uint32_t known = 0;
+        for (unsigned k = 0; ok && k < 2; k++) {
+            const int32_t t = edgeops_json_get(&a->doc, sampling, keys[k]);
+            if (t < 0) {
+                continue;
+            }
+            known++;
+            ok = edgeops_json_is(&a->doc, t, EDGEOPS_JSON_NUMBER) &&
+                 edgeops_json_number(&a->doc, t, &v[k]) == EDGEOPS_OK &&
+                 budget_ok(v[k], limits[k]);
+        }
+        if (ok && a->doc.toks[sampling].size == known) {
+            per_hour = v[0];
+            bytes_per_hour = v[1];
+        } else {
+            a->counters.sampling_config_bad++;
+            edgeops_agent_log(a, EDGEOPS_LOG_WARNING,
+                              "serving.sampling must be {\"per_hour\": N, \"bytes_per_hour\": B} "
+                              "(0..1000000, 0..10 GiB); using the device's sampling budget");
+        }
+    }
+    if (per_hour != s->per_hour || bytes_per_hour != s->bytes_per_hour) {
+        s->per_hour = per_hour;
+        s->bytes_per_hour = bytes_per_hour;
+        s->hour_open = 0; /* another budget: its hour starts with the next prediction */
+    }
+}
+
+/* count one prediction; 1 if it is to be sampled (then sampler_spend) */
+static int sampler_want(edgeops_agent_t *a)
+{
+    edgeops_sampler_t *s = &a->sampler;
+    if (s->per_hour <= 0.0 && s->bytes_per_hour <= 0.0) {
+        return 0;
+    }
+    const uint64_t now = a->port.monotonic_us(a->port.ctx);
+    const double elapsed = (double)(now - s->hour_start_us);
+    if (!s->hour_open || elapsed >= HOUR_US) {
+        double p = 1.0;
+        if (s->hour_open && s->seen > 0) { /* predictions per hour, over the last one */
+            const double rate = (double)s->seen * HOUR_US / elapsed;
+            double target = s->per_hour > 0.0 ? s->per_hour : rate;
+            if (s->bytes_per_hour > 0.0) {
+                const double by_bytes = s->bytes_per_hour / (s->avg_size > 1.0 ? s->avg_size : 1.0);
+                target = by_bytes < target ? by_bytes : target;
+            }
+            p = 2.0 * target / rate;
+        }
+        s->p = p >= 1.0 ? 0xffffffffu : (uint32_t)(p * 4294967296.0);
+        s->hour_open = 1;
+        s->hour_start_us = now;
+        s->seen = s->taken = 0;
+        s->bytes = 0;
+    }
+    s->seen++;
+    if (s->p != 0xffffffffu && sampler_draw(s) >= s->p) {
+        return 0;
+    }
+    if (s->per_hour > 0.0 && (double)s->taken + 1.0 > s->per_hour) {
+        return 0;
+    }
+    /* bytes: the sample that crosses the budget still goes (as the Python agent's) */
+    return !(s->bytes_per_hour > 0.0 && (double)s->bytes >= s->bytes_per_hour);
+}
+
+static void sampler_spend(edgeops_sampler_t *s, size_t size)
+{
+    s->taken++;
+    s->bytes += size;
+    s->seq++;
+    s->avg_size += 0.2 * ((double)size - s->avg_size);
+}
+
+/* a float32 as the Python agent writes it: the double of its %.9g (reads back the same) */
+static double short_float(float v)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%.9g", (double)v);
+    return strtod(text, NULL);
+}
+
+/* the sample message of one prediction into a->message; its length, 0 if it cannot be sent */
+static size_t sample_message(edgeops_agent_t *a, int slot, const float *x, uint32_t n_x,
+                             const edgeops_prediction_t *p, const char *sample_id)
+{
+    edgeops_jsonw_t w;
+    size_t len = 0;
+    char cls[16];
+    head(a, &w, "sample");
+    edgeops_jsonw_key(&w, "boot");
+    edgeops_jsonw_string(&w, a->boot);
+    edgeops_jsonw_key(&w, "seq");
+    edgeops_jsonw_int(&w, (int64_t)a->sampler.seq + 1);
+    edgeops_jsonw_key(&w, "ts");
+    edgeops_jsonw_double(&w, edgeops_agent_now(a));
+    edgeops_jsonw_key(&w, "sample_id");
+    edgeops_jsonw_string(&w, sample_id);
+    edgeops_jsonw_key(&w, "model");
+    model_ref(&w, &a->state.slots[slot], 0, 0);
+    edgeops_jsonw_key(&w, "input");
+    edgeops_jsonw_null(&w); /* the core sees the model's inputs, not the raw sample */
+    edgeops_jsonw_key(&w, "features");
+    edgeops_jsonw_array(&w);
+    for (uint32_t j = 0; j < n_x; j++) {
+        edgeops_jsonw_double(&w, short_float(x[j]));
+    }
+    edgeops_jsonw_end(&w);
+    edgeops_jsonw_key(&w, "outputs");
+    edgeops_jsonw_array(&w);
+    for (uint32_t k = 0; k < p->n_scores; k++) {
+        edgeops_jsonw_double(&w, short_float(p->scores[k]));
+    }
+    edgeops_jsonw_end(&w);
+    edgeops_jsonw_key(&w, "predicted");
+    if (p->label != NULL && p->label[0] != '\0') {
+        edgeops_jsonw_string(&w, p->label);
+    } else {
+        snprintf(cls, sizeof cls, "%ld", (long)p->cls);
+        edgeops_jsonw_string(&w, cls);
+    }
+    edgeops_jsonw_end(&w);
+    return edgeops_jsonw_finish(&w, &len) == EDGEOPS_OK ? len : 0u;
+}
+
+/* after a prediction that succeeded: maybe a sample of it (its id into out->sample_id) */
+static void maybe_sample(edgeops_agent_t *a, int slot, const float *x, uint32_t n_x,
+                         edgeops_prediction_t *out)
+{
+    char sample_id[EDGEOPS_SAMPLE_ID_MAX];
+    if (!sampler_want(a)) {
+        return;
+    }
+    int finite = 1;
+    for (uint32_t j = 0; finite && j < n_x; j++) {
+        finite = isfinite(x[j]);
+    }
+    for (uint32_t k = 0; finite && k < out->n_scores; k++) {
+        finite = isfinite(out->scores[k]);
+    }
+    snprintf(sample_id, sizeof sample_id, "%s/%s/%lu", a->device.device, a->boot,
+             (unsigned long)a->sampler.seq + 1u);
+    const size_t len = finite ? sample_message(a, slot, x, n_x, out, sample_id) : 0u;
+    if (len == 0) { /* no label could use it / the collector would refuse it */
+        a->counters.samples_skipped++;
+        return;
+    }
+    sampler_spend(&a->sampler, len);
+    a->counters.samples++;
+    snprintf(out->sample_id, sizeof out->sample_id, "%s", sample_id);
+    send(a, OUT_SAMPLE, a->message, len, 1);
+}
+
+edgeops_err_t edgeops_agent_label(edgeops_agent_t *a, const char *sample_id, const char *label)
+{
+    edgeops_jsonw_t w;
+    size_t len = 0;
+    const size_t dev = strlen(a->device.device);
+    if (sample_id == NULL || label == NULL || label[0] == '\0' || strlen(label) > 128 ||
+        strlen(sample_id) > 200 || strncmp(sample_id, a->device.device, dev) != 0 ||
+        sample_id[dev] != '/') {
+        return EDGEOPS_ERR_ARG;
+    }
+    head(a, &w, "label");
+    edgeops_jsonw_key(&w, "sample_id");
+    edgeops_jsonw_string(&w, sample_id);
+    edgeops_jsonw_key(&w, "label");
+    edgeops_jsonw_string(&w, label);
+    edgeops_jsonw_key(&w, "ts");
+    edgeops_jsonw_double(&w, edgeops_agent_now(a));
+    edgeops_jsonw_end(&w);
+    if (edgeops_jsonw_finish(&w, &len) != EDGEOPS_OK) {
+        return EDGEOPS_ERR_SPACE;
+    }
+    a->counters.labels++;
+    send(a, OUT_LABEL, a->message, len, 1);
+    return EDGEOPS_OK;
+}
+
 /* --- serving ------------------------------------------------------------------------- */
 
 void edgeops_agent_serve_active(edgeops_agent_t *a, int resume_probation)
@@ -425,6 +704,7 @@ void edgeops_agent_serve_active(edgeops_agent_t *a, int resume_probation)
                 &a->serving, &a->doc, a->manifest.serving, m->n_features, m->n_outputs, problem,
                 sizeof problem);
             if (err == EDGEOPS_OK) {
+                sampler_configure(a, a->manifest.serving);
                 if (problem[0] != '\0') {
                     edgeops_agent_log(a, EDGEOPS_LOG_WARNING, "%s; windows count less", problem);
                 }
@@ -542,6 +822,9 @@ edgeops_err_t edgeops_agent_predict(edgeops_agent_t *a, const float *x, uint32_t
                          out->n_scores, out->latency_ms, err != EDGEOPS_OK);
     if (a->options.window_count > 0 && a->window.count >= a->options.window_count) {
         edgeops_agent_close_window(a);
+    }
+    if (err == EDGEOPS_OK) {
+        maybe_sample(a, slot, x, n_x, out);
     }
     const char *failed = probation_record(a, !finite, out->latency_ms);
     if (failed != NULL) {

@@ -77,10 +77,19 @@
 #ifndef EDGEOPS_COPY_BUFFER_BYTES
 #define EDGEOPS_COPY_BUFFER_BYTES 1024u
 #endif
-/* 1: compile the TFLite Micro runner (needs the SDK's TFLM; see runners/tflm/) */
+/* 1: run TFLite flatbuffers (format "tflite", runtime "tflm") with a TFLite Micro runner:
+ * runners/tflm/ on a board (the SDK's TFLM), ports/host/host_tflm.c on the host */
 #ifndef EDGEOPS_WITH_TFLM
 #define EDGEOPS_WITH_TFLM 0
 #endif
+/* TFLM's tensor arena per loaded model (the tflm variant records what it needs: arena_bytes) */
+#ifndef EDGEOPS_TFLM_ARENA_BYTES
+#define EDGEOPS_TFLM_ARENA_BYTES 65536u
+#endif
+/* EDGEOPS_FEATURES_SHA256 "<64 hex digits>": the SHA-256 of the canonical JSON of the fitted
+ * feature transforms compiled into this firmware (`edgeops firmware generate` defines it in
+ * app/edgeops_board_config.h). A manifest whose serving.features hash differently is
+ * rejected. Not defined: not checked (the host firmware takes feature vectors). */
 
 #define EDGEOPS_PROTOCOL 1
 #define EDGEOPS_FIRMWARE_VERSION "0.1.0"
@@ -93,6 +102,7 @@
 #define EDGEOPS_TOPIC_MAX 192u
 #define EDGEOPS_BOOT_MAX 32u
 #define EDGEOPS_LATENCY_BINS 16u     /* fixed by the protocol */
-#define EDGEOPS_STATE_RECORD_MAX 1536u
+/* the state record: about 1 KiB, plus one bit per chunk of the download progress */
+#define EDGEOPS_STATE_RECORD_MAX (1536u + (EDGEOPS_MAX_CHUNKS + 7u) / 8u)
 
 #endif /* EDGEOPS_CONFIG_H */

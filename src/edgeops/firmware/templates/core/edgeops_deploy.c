@@ -8,7 +8,17 @@
  *   health ── activate (one state record write) ── probation ── (rolled back on failure)
  *
  * The active slot is never written. Any failing step publishes `failed` with the step
- * and the reason, and the model that was serving keeps serving.
+ * and the reason, and the model that was serving keeps serving. Before any of it, a
+ * firmware built with EDGEOPS_FEATURES_SHA256 rejects a manifest whose serving.features
+ * are not its compiled-in feature transforms.
+ *
+ * Download progress: each chunk is written, read back and hashed, then marked in the
+ * state record's progress (artifact SHA-256, slot, chunk bitmap) with one record write,
+ * so a reboot, a timeout or a retry with a new seq for the same artifact keeps the
+ * chunks already stored: they are re-read and re-hashed against the manifest before
+ * they count, and only the missing or damaged ones are downloaded. A chunk that does
+ * not read back as written (NOR flash cannot rewrite a place without an erase) erases
+ * the slot once and the download starts over.
  */
 #include <math.h>
 #include <stdio.h>
@@ -340,6 +350,9 @@ static void health_and_activate(edgeops_agent_t *a, int slot, const uint8_t *env
     a->state.active = (int8_t)slot;
     a->state.deploying_seq = 0;
     a->state.deploying_slot = EDGEOPS_NO_SLOT;
+    if (a->state.progress.slot == slot) {
+        a->state.progress.slot = EDGEOPS_NO_SLOT; /* the slot holds an installed model now */
+    }
     if (edgeops_agent_save(a) != EDGEOPS_OK) {
         a->state = before;
         fail(a, "activate", "cannot write the state record");
@@ -356,6 +369,11 @@ static void health_and_activate(edgeops_agent_t *a, int slot, const uint8_t *env
 
 /* --- downloading --------------------------------------------------------------------- */
 
+static uint8_t *have_bits(edgeops_agent_t *a)
+{
+    return a->state.progress.have;
+}
+
 static void report_progress(edgeops_agent_t *a, int force)
 {
     edgeops_download_t *d = dl(a);
@@ -363,8 +381,7 @@ static void report_progress(edgeops_agent_t *a, int force)
     const int decile = (int)(p * 10 + 1e-9);
     if (force || decile > d->reported_decile) {
         d->reported_decile = decile;
-        edgeops_agent_event(a, "downloading", d->seq, d->deployment, dl_rollout(d),
-                            floor(p * 10000.0 + 0.5) / 10000.0, NULL, NULL);
+        edgeops_agent_download_event(a, "downloading", floor(p * 10000.0 + 0.5) / 10000.0);
     }
 }
 
@@ -382,6 +399,81 @@ static void set_bit(uint8_t *bits, uint32_t i, int on)
     }
 }
 
+static uint32_t chunk_len(const edgeops_download_t *d, uint32_t i)
+{
+    return i + 1 < d->n_chunks ? d->chunk_size : d->size - (d->n_chunks - 1) * d->chunk_size;
+}
+
+/* the download progress now describes a->download's artifact in slot, with no chunk held */
+static void progress_reset(edgeops_agent_t *a, int slot)
+{
+    edgeops_progress_t *pr = &a->state.progress;
+    const edgeops_download_t *d = dl(a);
+    memset(pr, 0, sizeof *pr);
+    pr->slot = (int8_t)slot;
+    memcpy(pr->sha256, d->sha256, 32);
+    pr->chunk_size = d->chunk_size;
+    pr->n_chunks = d->n_chunks;
+}
+
+/* whether the recorded progress is about a->download's artifact (same SHA-256, same
+ * chunks) in slot, a slot that holds no installed model */
+static int progress_matches(const edgeops_agent_t *a, int slot)
+{
+    const edgeops_progress_t *pr = &a->state.progress;
+    const edgeops_download_t *d = &a->download;
+    return slot != EDGEOPS_NO_SLOT && pr->slot == slot && slot != a->state.active &&
+           !a->state.slots[slot].valid && memcmp(pr->sha256, d->sha256, 32) == 0 &&
+           pr->chunk_size == d->chunk_size && pr->n_chunks == d->n_chunks;
+}
+
+/* chunk i as the slot holds it hashes to artifact.chunks[i] */
+static int chunk_intact(edgeops_agent_t *a, uint32_t i)
+{
+    const edgeops_download_t *d = dl(a);
+    const uint32_t len = chunk_len(d, i);
+    const uint32_t base = i * d->chunk_size;
+    edgeops_sha256_t ctx;
+    uint8_t digest[32];
+    edgeops_sha256_init(&ctx);
+    for (uint32_t off = 0; off < len; off += EDGEOPS_COPY_BUFFER_BYTES) {
+        const uint32_t n = len - off < EDGEOPS_COPY_BUFFER_BYTES ? len - off
+                                                                 : EDGEOPS_COPY_BUFFER_BYTES;
+        if (a->storage.read(a->storage.ctx, d->slot, EDGEOPS_REGION_ARTIFACT, base + off, a->copy,
+                            n) != EDGEOPS_OK) {
+            a->counters.storage_errors++;
+            return 0;
+        }
+        edgeops_sha256_update(&ctx, a->copy, n);
+    }
+    edgeops_sha256_final(&ctx, digest);
+    return edgeops_sha256_equal(digest, d->chunk_hashes[i], 32);
+}
+
+/* the chunks the progress records are read back and hashed: only the intact ones stay */
+static void keep_stored_chunks(edgeops_agent_t *a)
+{
+    edgeops_download_t *d = dl(a);
+    for (uint32_t i = 0; i < d->n_chunks; i++) {
+        if (!bit(have_bits(a), i)) {
+            continue;
+        }
+        if (chunk_intact(a, i)) {
+            d->resumed++;
+        } else {
+            set_bit(have_bits(a), i, 0);
+            d->damaged++;
+        }
+    }
+    d->received = d->resumed;
+    if (d->damaged > 0) {
+        edgeops_agent_log(a, EDGEOPS_LOG_WARNING,
+                          "%lu stored chunks of %.12s failed their SHA-256 check when read back; "
+                          "downloading them again",
+                          (unsigned long)d->damaged, d->sha_hex);
+    }
+}
+
 static void finish_download(edgeops_agent_t *a)
 {
     edgeops_download_t *d = dl(a);
@@ -391,10 +483,11 @@ static void finish_download(edgeops_agent_t *a)
         char why[EDGEOPS_REASON_MAX + 1];
         snprintf(why, sizeof why, "the assembled artifact does not match its size and SHA-256 "
                  "(%.900s)", a->reason);
+        a->state.progress.slot = EDGEOPS_NO_SLOT; /* a retry starts over */
         fail(a, "verify", why);
         return;
     }
-    edgeops_agent_event(a, "verified", d->seq, d->deployment, dl_rollout(d), -1.0, NULL, NULL);
+    edgeops_agent_download_event(a, "verified", -1.0);
     if (read_manifest(a, d->slot, d->manifest_len) != EDGEOPS_OK || a->manifest.seq != d->seq) {
         fail(a, "install", "the manifest written to the slot cannot be read back");
         return;
@@ -402,17 +495,54 @@ static void finish_download(edgeops_agent_t *a)
     health_and_activate(a, d->slot, NULL, 0);
 }
 
-static void start_download(edgeops_agent_t *a)
+/* download a->download's artifact into its slot; keep: the slot was not erased and the
+ * recorded progress is about this artifact (its chunks are re-verified and kept) */
+static void start_download(edgeops_agent_t *a, int keep)
 {
     edgeops_download_t *d = dl(a);
-    memset(d->have, 0, sizeof d->have);
     memset(d->bad, 0, sizeof d->bad);
-    d->received = 0;
+    d->received = d->resumed = d->damaged = d->written = 0;
+    d->restarted = 0;
+    if (keep) {
+        keep_stored_chunks(a);
+    } else {
+        progress_reset(a, d->slot);
+    }
+    (void)edgeops_agent_save(a);
     d->reported_decile = -1;
     d->phase = EDGEOPS_PHASE_DOWNLOADING;
     d->last_chunk_us = d->last_subscribe_us = now_us(a);
     report_progress(a, 0);
+    if (d->received == d->n_chunks) { /* every chunk was there already */
+        finish_download(a);
+        return;
+    }
     subscribe_chunks(a);
+}
+
+/* chunk i did not read back as it was written: the storage cannot rewrite that place (NOR
+ * flash without an erase). Erase the slot once and download every chunk again. */
+static void restart_download(edgeops_agent_t *a, uint32_t index)
+{
+    edgeops_download_t *d = dl(a);
+    char why[96];
+    if (d->restarted ||
+        write_region(a, d->slot, EDGEOPS_REGION_ARTIFACT, NULL, 0) != EDGEOPS_OK) {
+        snprintf(why, sizeof why, "chunk %lu does not read back as written", (unsigned long)index);
+        a->state.progress.slot = EDGEOPS_NO_SLOT;
+        fail(a, "download", why);
+        return;
+    }
+    edgeops_agent_log(a, EDGEOPS_LOG_WARNING,
+                      "chunk %lu does not read back as written; the slot is erased and the "
+                      "download starts over",
+                      (unsigned long)index);
+    d->restarted = 1;
+    progress_reset(a, d->slot);
+    (void)edgeops_agent_save(a);
+    d->received = d->resumed = 0;
+    d->last_chunk_us = now_us(a);
+    subscribe_chunks(a); /* the broker sends the retained chunks again */
 }
 
 void edgeops_deploy_chunk(edgeops_agent_t *a, const char *topic, const uint8_t *payload,
@@ -438,14 +568,12 @@ void edgeops_deploy_chunk(edgeops_agent_t *a, const char *topic, const uint8_t *
         a->counters.chunks_unexpected++;
         return;
     }
-    if (bit(d->have, index)) {
+    if (bit(have_bits(a), index)) {
         a->counters.chunks_duplicate++;
         return;
     }
-    const uint32_t expect = index + 1 < d->n_chunks ? d->chunk_size
-                                                    : d->size - (d->n_chunks - 1) * d->chunk_size;
     edgeops_sha256_digest(payload, len, digest);
-    if (len != expect || !edgeops_sha256_equal(digest, d->chunk_hashes[index], 32)) {
+    if (len != chunk_len(d, index) || !edgeops_sha256_equal(digest, d->chunk_hashes[index], 32)) {
         a->counters.chunks_bad++;
         set_bit(d->bad, index, 1);
         edgeops_agent_log(a, EDGEOPS_LOG_WARNING,
@@ -461,10 +589,19 @@ void edgeops_deploy_chunk(edgeops_agent_t *a, const char *topic, const uint8_t *
         fail(a, "download", why);
         return;
     }
+    /* read back before it counts: a place written before (a chunk torn by a reset, or
+     * damaged) may not take new bytes without an erase */
+    if (!chunk_intact(a, index)) {
+        restart_download(a, index);
+        return;
+    }
+    /* on storage first, then in the progress: a chunk marked there was whole */
     a->counters.chunks_stored++;
-    set_bit(d->have, index, 1);
+    set_bit(have_bits(a), index, 1);
     set_bit(d->bad, index, 0);
+    (void)edgeops_agent_save(a);
     d->received++;
+    d->written++;
     d->last_chunk_us = now_us(a);
     report_progress(a, 0);
     if (d->received == d->n_chunks) {
@@ -508,9 +645,9 @@ void edgeops_deploy_tick(edgeops_agent_t *a)
         char why[EDGEOPS_REASON_MAX + 1];
         uint8_t bad_missing[(EDGEOPS_MAX_CHUNKS + 7) / 8];
         for (size_t i = 0; i < sizeof bad_missing; i++) {
-            bad_missing[i] = (uint8_t)(d->bad[i] & ~d->have[i]);
+            bad_missing[i] = (uint8_t)(d->bad[i] & ~have_bits(a)[i]);
         }
-        missing_text(d, d->have, 0, missing, sizeof missing);
+        missing_text(d, have_bits(a), 0, missing, sizeof missing);
         missing_text(d, bad_missing, 1, bad, sizeof bad);
         snprintf(why, sizeof why, "no new chunk for %g s; missing chunks %s%s%s%s",
                  a->options.download_timeout_s, missing, bad[0] ? "; chunks " : "", bad,
@@ -611,6 +748,9 @@ static void begin(edgeops_agent_t *a, const uint8_t *envelope, uint32_t len)
                             memcmp(in_active->sha256, a->manifest.sha256, 32) == 0;
     a->counters.deployments++;
     (void)describe(a, target, len);
+    /* chunks of this very artifact already in the target slot (a download cut by a reboot
+     * or a timeout, then a retry with a new seq) are kept, once re-verified */
+    const int keep = !have_target && !have_active && progress_matches(a, target);
     /* docs/protocol.md step 1: accepted_seq is on storage before anything else */
     const edgeops_state_t before = a->state;
     if (a->manifest.seq > a->state.accepted_seq) {
@@ -622,6 +762,9 @@ static void begin(edgeops_agent_t *a, const uint8_t *envelope, uint32_t len)
     if (!have_target) {
         a->state.slots[target].valid = 0; /* about to be overwritten */
         a->models[target].kind = EDGEOPS_MODEL_NONE;
+        if (!keep) {
+            progress_reset(a, target); /* the slot is about to be erased */
+        }
     }
     if (edgeops_agent_save(a) != EDGEOPS_OK) {
         a->state = before;
@@ -636,6 +779,7 @@ static void begin(edgeops_agent_t *a, const uint8_t *envelope, uint32_t len)
     if (have_target) { /* e.g. a rollback to the previous model: no download */
         if (read_artifact(a, target, d->size, d->sha256) != EDGEOPS_OK) {
             a->state.slots[target].valid = 0;
+            progress_reset(a, target);
         } else {
             edgeops_agent_event(a, "verified", d->seq, d->deployment, dl_rollout(d), -1.0, NULL,
                                 NULL);
@@ -643,7 +787,7 @@ static void begin(edgeops_agent_t *a, const uint8_t *envelope, uint32_t len)
             return;
         }
     }
-    if (write_region(a, target, EDGEOPS_REGION_ARTIFACT, NULL, 0) != EDGEOPS_OK ||
+    if ((!keep && write_region(a, target, EDGEOPS_REGION_ARTIFACT, NULL, 0) != EDGEOPS_OK) ||
         write_region(a, target, EDGEOPS_REGION_MANIFEST, envelope, len) != EDGEOPS_OK) {
         fail(a, "install", a->reason);
         return;
@@ -659,7 +803,58 @@ static void begin(edgeops_agent_t *a, const uint8_t *envelope, uint32_t len)
         health_and_activate(a, target, NULL, 0);
         return;
     }
-    start_download(a);
+    if (keep) {
+        edgeops_agent_log(a, EDGEOPS_LOG_INFO, "the slot holds chunks of %.12s already; "
+                          "re-verifying them", d->sha_hex);
+    }
+    start_download(a, keep);
+}
+
+static void sha256_sink(void *ctx, const char *data, size_t len)
+{
+    edgeops_sha256_update((edgeops_sha256_t *)ctx, (const uint8_t *)data, len);
+}
+
+edgeops_err_t edgeops_deploy_features_sha256(const edgeops_json_doc_t *doc, int32_t serving,
+                                             char hex[65])
+{
+    edgeops_sha256_t ctx;
+    uint8_t digest[32];
+    const int32_t features = serving >= 0 ? edgeops_json_get(doc, serving, "features") : -1;
+    edgeops_sha256_init(&ctx);
+    if (features < 0) {
+        sha256_sink(&ctx, "null", 4); /* no serving.features: as null */
+    } else if (edgeops_json_canonical(doc, features, sha256_sink, &ctx) != EDGEOPS_OK) {
+        return EDGEOPS_ERR_PROTOCOL;
+    }
+    edgeops_sha256_final(&ctx, digest);
+    edgeops_codec_hex_encode(digest, 32, hex);
+    return EDGEOPS_OK;
+}
+
+/* the model was trained on the feature transforms compiled into this firmware: the SHA-256
+ * of the canonical JSON of serving.features is EDGEOPS_FEATURES_SHA256, which `edgeops
+ * firmware generate` writes into app/edgeops_board_config.h (not defined: not checked) */
+static edgeops_err_t features_check(edgeops_agent_t *a)
+{
+#ifdef EDGEOPS_FEATURES_SHA256
+    static const char compiled[] = EDGEOPS_FEATURES_SHA256;
+    char hex[65];
+    if (edgeops_deploy_features_sha256(&a->doc, a->manifest.serving, hex) != EDGEOPS_OK) {
+        REASON(a, "serving.features cannot be canonicalized");
+        return EDGEOPS_ERR_REJECTED;
+    }
+    if (strlen(compiled) != 64 || strcmp(hex, compiled) != 0) {
+        REASON(a, "feature transforms differ: the manifest's serving.features (sha256 %.16s) "
+               "are not the ones compiled into this firmware (sha256 %.16s); generate and flash "
+               "a firmware for this model's features",
+               hex, compiled);
+        return EDGEOPS_ERR_REJECTED;
+    }
+#else
+    (void)a;
+#endif
+    return EDGEOPS_OK;
 }
 
 void edgeops_deploy_desired(edgeops_agent_t *a, const uint8_t *payload, size_t len)
@@ -703,6 +898,10 @@ void edgeops_deploy_desired(edgeops_agent_t *a, const uint8_t *payload, size_t l
         reject(a, m, a->reason);
         return;
     }
+    if (features_check(a) != EDGEOPS_OK) {
+        reject(a, m, a->reason);
+        return;
+    }
     edgeops_download_t *d = dl(a);
     if (d->phase == EDGEOPS_PHASE_DOWNLOADING) { /* a newer manifest wins */
         snprintf(why, sizeof why, "superseded by manifest seq %lld", (long long)a->manifest.seq);
@@ -722,16 +921,19 @@ void edgeops_deploy_resume(edgeops_agent_t *a)
         return;
     }
     /* only a download can resume: its manifest is in the target slot (the other paths end
-     * within one message and are repeated by the rollout's retry) */
+     * within one message and are repeated by the rollout's retry). The chunks the progress
+     * records are kept once re-verified; the others come from the broker again. */
     if (slot != EDGEOPS_NO_SLOT && slot != a->state.active && !a->state.slots[slot].valid &&
         seq == a->state.accepted_seq &&
         read_manifest(a, slot, a->state.deploying_manifest_len) == EDGEOPS_OK &&
-        a->manifest.seq == seq && describe(a, slot, a->state.deploying_manifest_len) == EDGEOPS_OK &&
-        write_region(a, slot, EDGEOPS_REGION_ARTIFACT, NULL, 0) == EDGEOPS_OK) {
-        edgeops_agent_log(a, EDGEOPS_LOG_INFO, "resuming the download of seq %lld",
-                          (long long)seq);
-        start_download(a);
-        return;
+        a->manifest.seq == seq && describe(a, slot, a->state.deploying_manifest_len) == EDGEOPS_OK) {
+        const int keep = progress_matches(a, slot);
+        if (keep || write_region(a, slot, EDGEOPS_REGION_ARTIFACT, NULL, 0) == EDGEOPS_OK) {
+            edgeops_agent_log(a, EDGEOPS_LOG_INFO, "resuming the download of seq %lld",
+                              (long long)seq);
+            start_download(a, keep);
+            return;
+        }
     }
     a->state.deploying_seq = 0;
     a->state.deploying_slot = EDGEOPS_NO_SLOT;

@@ -349,7 +349,8 @@ static int runs_format(const char *format, const char *runtime)
         return strcmp(runtime, "emlearn") == 0;
     }
 #if EDGEOPS_WITH_TFLM
-    if (strcmp(format, "c-tflm") == 0) {
+    /* the tflm variant: the .tflite flatbuffer for TFLite Micro (c-tflm is C source) */
+    if (strcmp(format, "tflite") == 0) {
         return strcmp(runtime, "tflm") == 0;
     }
 #endif

@@ -5,6 +5,16 @@
 #include "edgeops_codec.h"
 
 #define MAGIC 0x5453454fu /* "EOST" */
+/* the largest record: header, two slots (each with its strings at their longest), the
+ * download progress with every chunk, the CRC */
+#define RECORD_BYTES_MAX                                                                       \
+    (38u +                                                                                     \
+     2u * (67u + 8u + EDGEOPS_NAME_MAX + EDGEOPS_VARIANT_MAX + EDGEOPS_DEPLOYMENT_MAX +        \
+           EDGEOPS_ROLLOUT_MAX) +                                                              \
+     41u + (EDGEOPS_MAX_CHUNKS + 7u) / 8u + 4u)
+
+/* a build whose record cannot fit EDGEOPS_STATE_RECORD_MAX does not compile */
+typedef char edgeops_state_record_fits[RECORD_BYTES_MAX <= EDGEOPS_STATE_RECORD_MAX ? 1 : -1];
 
 typedef struct {
     uint8_t *buf;
@@ -75,6 +85,15 @@ static void get_bytes(cursor_t *c, void *out, size_t n)
     c->pos += n;
 }
 
+static void skip(cursor_t *c, size_t n)
+{
+    if (!c->ok || c->pos + n > c->cap) {
+        c->ok = 0;
+        return;
+    }
+    c->pos += n;
+}
+
 static uint64_t get_u64(cursor_t *c)
 {
     uint8_t b[8];
@@ -129,6 +148,12 @@ void edgeops_state_reset(edgeops_state_t *s)
     memset(s, 0, sizeof *s);
     s->active = EDGEOPS_NO_SLOT;
     s->deploying_slot = EDGEOPS_NO_SLOT;
+    s->progress.slot = EDGEOPS_NO_SLOT;
+}
+
+static uint32_t bitmap_bytes(uint32_t n_chunks)
+{
+    return (n_chunks + 7u) / 8u;
 }
 
 size_t edgeops_state_encode(const edgeops_state_t *s, uint8_t *buf, size_t cap)
@@ -159,6 +184,14 @@ size_t edgeops_state_encode(const edgeops_state_t *s, uint8_t *buf, size_t cap)
         put_str(&c, m->deployment, EDGEOPS_DEPLOYMENT_MAX);
         put_str(&c, m->rollout, EDGEOPS_ROLLOUT_MAX);
     }
+    /* format 2: the download progress */
+    const edgeops_progress_t *pr = &s->progress;
+    const int has_progress = pr->slot != EDGEOPS_NO_SLOT && pr->n_chunks <= EDGEOPS_MAX_CHUNKS;
+    put_u8(&c, (uint8_t)(has_progress ? pr->slot : EDGEOPS_NO_SLOT));
+    put_bytes(&c, pr->sha256, sizeof pr->sha256);
+    put_u32(&c, has_progress ? pr->chunk_size : 0u);
+    put_u32(&c, has_progress ? pr->n_chunks : 0u);
+    put_bytes(&c, pr->have, has_progress ? bitmap_bytes(pr->n_chunks) : 0u);
     if (!c.ok) {
         return 0;
     }
@@ -171,7 +204,11 @@ edgeops_err_t edgeops_state_decode(edgeops_state_t *s, const uint8_t *buf, size_
 {
     cursor_t c = {(uint8_t *)buf, len, 0, 1};
     edgeops_state_reset(s);
-    if (len < 12 || get_u32(&c) != MAGIC || get_u32(&c) != EDGEOPS_STATE_FORMAT) {
+    if (len < 12 || get_u32(&c) != MAGIC) {
+        return EDGEOPS_ERR_CORRUPT;
+    }
+    const uint32_t format = get_u32(&c);
+    if (format != 1u && format != EDGEOPS_STATE_FORMAT) {
         return EDGEOPS_ERR_CORRUPT;
     }
     s->generation = get_u32(&c);
@@ -196,6 +233,24 @@ edgeops_err_t edgeops_state_decode(edgeops_state_t *s, const uint8_t *buf, size_
         get_str(&c, m->variant, EDGEOPS_VARIANT_MAX);
         get_str(&c, m->deployment, EDGEOPS_DEPLOYMENT_MAX);
         get_str(&c, m->rollout, EDGEOPS_ROLLOUT_MAX);
+    }
+    if (format >= 2u) {
+        edgeops_progress_t *pr = &s->progress;
+        pr->slot = (int8_t)get_u8(&c);
+        get_bytes(&c, pr->sha256, sizeof pr->sha256);
+        pr->chunk_size = get_u32(&c);
+        pr->n_chunks = get_u32(&c);
+        if (pr->slot == EDGEOPS_NO_SLOT) {
+            pr->n_chunks = 0;
+        } else if (pr->n_chunks > EDGEOPS_MAX_CHUNKS || (pr->slot != 0 && pr->slot != 1)) {
+            /* progress this build cannot hold (a build with more chunks wrote it): skipped,
+             * the rest of the record (accepted_seq above all) still counts */
+            skip(&c, bitmap_bytes(pr->n_chunks));
+            memset(pr, 0, sizeof *pr);
+            pr->slot = EDGEOPS_NO_SLOT;
+        } else {
+            get_bytes(&c, pr->have, bitmap_bytes(pr->n_chunks));
+        }
     }
     const size_t body = c.pos;
     const uint32_t crc = get_u32(&c);

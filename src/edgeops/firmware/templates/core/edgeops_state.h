@@ -2,10 +2,14 @@
  *
  * The equivalent of the Python agent's state.json: the highest manifest seq
  * ever accepted, the boot counter, which slot is active, what each slot holds,
- * and the deployment in flight. It is encoded little-endian with a format
+ * the deployment in flight, and the download progress (which chunks of which
+ * artifact the inactive slot holds). It is encoded little-endian with a format
  * number and a CRC-32 and written to the two record copies alternately, with
  * a generation number: loading takes the valid copy with the highest
  * generation, so a write torn by a power cut falls back to the state before it.
+ *
+ * Format 2 added the download progress; a format-1 record (written by an older
+ * firmware) still loads, with no progress.
  */
 #ifndef EDGEOPS_STATE_H
 #define EDGEOPS_STATE_H
@@ -17,7 +21,7 @@
 #include "edgeops_err.h"
 #include "edgeops_storage.h"
 
-#define EDGEOPS_STATE_FORMAT 1u
+#define EDGEOPS_STATE_FORMAT 2u
 #define EDGEOPS_NO_SLOT (-1)
 
 typedef struct {
@@ -36,6 +40,17 @@ typedef struct {
     uint8_t has_rollout;
 } edgeops_slot_meta_t;
 
+/* the chunks of one artifact stored in the inactive slot: written to storage first, then
+ * marked here, so a marked chunk was whole when it was marked (a restarted download
+ * still re-reads and re-hashes each one before trusting it) */
+typedef struct {
+    int8_t slot; /* EDGEOPS_NO_SLOT: nothing recorded */
+    uint8_t sha256[32];
+    uint32_t chunk_size;
+    uint32_t n_chunks;
+    uint8_t have[(EDGEOPS_MAX_CHUNKS + 7u) / 8u];
+} edgeops_progress_t;
+
 typedef struct {
     uint32_t generation;
     uint32_t boot;
@@ -45,6 +60,7 @@ typedef struct {
     int64_t deploying_seq;  /* 0: none */
     uint32_t deploying_manifest_len;
     edgeops_slot_meta_t slots[2];
+    edgeops_progress_t progress;
 } edgeops_state_t;
 
 void edgeops_state_reset(edgeops_state_t *s);

@@ -2,12 +2,15 @@
  *
  * Each slot (0 and 1) has two regions: the artifact (model bytes) and the
  * manifest (the signed envelope it came with). A region is erased before it is
- * written; writes go forward (chunk offsets are multiples of chunk_size), so
- * NOR flash with erase-before-write fits, as does a file. The core never writes
- * the active slot's regions. The state record is small (at most
- * EDGEOPS_STATE_RECORD_MAX bytes) and kept in two copies that the core writes
- * alternately (edgeops_state.h), so a torn write leaves the other copy whole:
- * record_write must only touch the copy it is given.
+ * written, and chunks go to multiples of chunk_size, so NOR flash with
+ * erase-before-write fits, as does a file. The one write that may land on bytes
+ * written before is a chunk downloaded again after a reboot (it was torn, or
+ * damaged): the core reads every chunk back, and when it did not take (NOR flash)
+ * erases the region and downloads every chunk again. The core never writes the
+ * active slot's regions. The state record is small (at most
+ * EDGEOPS_STATE_RECORD_MAX bytes, the download progress included) and kept in two
+ * copies that the core writes alternately (edgeops_state.h), so a torn write
+ * leaves the other copy whole: record_write must only touch the copy it is given.
  *
  * Every function returns EDGEOPS_OK or EDGEOPS_ERR_STORAGE. Ports: a file
  * per region on the host (ports/host/host_storage.c), flash partitions and NVS

@@ -6,13 +6,21 @@
 #   make clean
 #
 # C99, every warning an error. CC defaults to gcc.
+#
+# WITH_TFLM=1 (the default for a TFLite model): the firmware also runs TFLite flatbuffers
+# (the tflm variant, over the air). ports/host/host_tflm.c is the host's TFLite Micro
+# runner: it starts `$EDGEOPS_TFLM_PYTHON -m edgeops.firmware.tflm_worker` (default
+# python3; needs edgeops and tflite-micro) and runs TFLM's interpreter there, behind the
+# functions a board's runner (runners/tflm/) implements with the SDK's TFLite Micro.
 ifeq ($(origin CC),default)
 CC := gcc
 endif
+WITH_TFLM ?= @WITH_TFLM@
 CSTD := -std=c99 -Wall -Wextra -Werror -pedantic
 CFLAGS ?= -O2 -ffp-contract=off
 CPPFLAGS := -Icore -Iapp -Iports/host -isystem third_party/emlearn \
-	'-DEDGEOPS_USER_CONFIG="edgeops_board_config.h"' -D_POSIX_C_SOURCE=200809L
+	'-DEDGEOPS_USER_CONFIG="edgeops_board_config.h"' -D_POSIX_C_SOURCE=200809L \
+	-DEDGEOPS_WITH_TFLM=$(WITH_TFLM)
 SOURCES := $(wildcard core/*.c) $(wildcard ports/host/*.c)
 HEADERS := $(wildcard core/*.h) $(wildcard ports/host/*.h) app/edgeops_board_config.h
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -32,17 +33,58 @@ static int sync_dir(const char *dir)
     return rc;
 }
 
+static int fill_erased(int fd, uint32_t size)
+{
+    uint8_t ones[4096];
+    memset(ones, 0xff, sizeof ones);
+    for (uint32_t off = 0; off < size;) {
+        const uint32_t n = size - off < sizeof ones ? size - off : (uint32_t)sizeof ones;
+        const ssize_t done = pwrite(fd, ones, n, (off_t)off);
+        if (done <= 0 && errno != EINTR) {
+            return -1;
+        }
+        off += done > 0 ? (uint32_t)done : 0u;
+    }
+    return 0;
+}
+
 static edgeops_err_t erase(void *ctx, int slot, edgeops_region_t region)
 {
     char path[1100];
-    region_path((const host_storage_t *)ctx, slot, region, path, sizeof path);
+    const host_storage_t *hs = (const host_storage_t *)ctx;
+    region_path(hs, slot, region, path, sizeof path);
     const int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) {
+        return EDGEOPS_ERR_STORAGE;
+    }
+    if (hs->nor && fill_erased(fd, capacity(ctx, region)) != 0) {
+        close(fd);
         return EDGEOPS_ERR_STORAGE;
     }
     const int rc = fsync(fd);
     close(fd);
     return rc == 0 ? EDGEOPS_OK : EDGEOPS_ERR_STORAGE;
+}
+
+/* NOR flash: programming clears bits only (data becomes old & new) */
+static int program_bits(int fd, uint32_t offset, const uint8_t *data, uint32_t len)
+{
+    uint8_t old[4096];
+    for (uint32_t done = 0; done < len;) {
+        const uint32_t n = len - done < sizeof old ? len - done : (uint32_t)sizeof old;
+        const ssize_t got = pread(fd, old, n, (off_t)offset + done);
+        if (got < 0) {
+            return -1;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            old[i] = (uint8_t)((i < (uint32_t)got ? old[i] : 0xffu) & data[done + i]);
+        }
+        if (pwrite(fd, old, n, (off_t)offset + done) != (ssize_t)n) {
+            return -1;
+        }
+        done += n;
+    }
+    return 0;
 }
 
 static edgeops_err_t write_region(void *ctx, int slot, edgeops_region_t region, uint32_t offset,
@@ -54,9 +96,14 @@ static edgeops_err_t write_region(void *ctx, int slot, edgeops_region_t region, 
         return EDGEOPS_ERR_STORAGE;
     }
     region_path(hs, slot, region, path, sizeof path);
-    const int fd = open(path, O_WRONLY | O_CREAT, 0600);
+    const int fd = open(path, hs->nor ? O_RDWR | O_CREAT : O_WRONLY | O_CREAT, 0600);
     if (fd < 0) {
         return EDGEOPS_ERR_STORAGE;
+    }
+    if (hs->nor) {
+        const int ok = program_bits(fd, offset, data, len) == 0 && fsync(fd) == 0;
+        close(fd);
+        return ok ? EDGEOPS_OK : EDGEOPS_ERR_STORAGE;
     }
     uint32_t done = 0;
     while (done < len) {
@@ -159,6 +206,8 @@ int host_storage_open(host_storage_t *hs, edgeops_storage_t *st, const char *dir
     snprintf(hs->dir, sizeof hs->dir, "%s", dir);
     hs->artifact_capacity = artifact_capacity;
     hs->manifest_capacity = manifest_capacity;
+    const char *flash = getenv("EDGEOPS_HOST_FLASH");
+    hs->nor = flash != NULL && strcmp(flash, "nor") == 0;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         return -1;
     }

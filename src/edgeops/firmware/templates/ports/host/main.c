@@ -10,6 +10,12 @@
  *   {"class": 3, "label": "3", "scores": [0.0, ...], "latency_ms": 0.004}
  *   {"error": "no active model"}
  *
+ * A sampled prediction's answer carries its "sample_id"; the line
+ * {"sample_id": "...", "label": "walk"} sends the ground truth for it ({"ok": true}).
+ *
+ * Built with -DEDGEOPS_WITH_TFLM=1 it also runs TFLite flatbuffers (the tflm variant):
+ * host_tflm.c runs TFLite Micro in a coprocess, and runtimes lists "tflite-micro".
+ *
  * Telemetry windows close every window_count predictions (and every window_s
  * seconds). SIGTERM or SIGINT: the open window and the offline state are
  * published, then the process exits 0. Logs go to standard error.
@@ -157,6 +163,22 @@ static void reply_error(const char *text)
     }
 }
 
+/* {"sample_id": "...", "label": "..."}: a label for one of this device's samples */
+static void label_line(const edgeops_json_doc_t *doc)
+{
+    char sample_id[256];
+    char label[256];
+    if (edgeops_json_string(doc, edgeops_json_get(doc, 0, "sample_id"), sample_id,
+                            sizeof sample_id, NULL) != EDGEOPS_OK ||
+        edgeops_json_string(doc, edgeops_json_get(doc, 0, "label"), label, sizeof label, NULL) !=
+            EDGEOPS_OK ||
+        edgeops_agent_label(&agent, sample_id, label) != EDGEOPS_OK) {
+        reply_error("a label line is {\"sample_id\": \"<this device>/...\", \"label\": \"...\"}");
+        return;
+    }
+    fprintf(stdout, "{\"ok\":true}\n");
+}
+
 static void predict_line(const char *text, size_t len)
 {
     static float x[EDGEOPS_MAX_FEATURES];
@@ -169,6 +191,10 @@ static void predict_line(const char *text, size_t len)
         return;
     }
     int32_t row = 0;
+    if (edgeops_json_is(&doc, 0, EDGEOPS_JSON_OBJECT) && edgeops_json_get(&doc, 0, "label") >= 0) {
+        label_line(&doc);
+        return;
+    }
     if (edgeops_json_is(&doc, 0, EDGEOPS_JSON_OBJECT)) {
         row = edgeops_json_get(&doc, 0, "features");
     }
@@ -211,6 +237,10 @@ static void predict_line(const char *text, size_t len)
     edgeops_jsonw_end(&w);
     edgeops_jsonw_key(&w, "latency_ms");
     edgeops_jsonw_double(&w, p.latency_ms);
+    if (p.sample_id[0] != '\0') {
+        edgeops_jsonw_key(&w, "sample_id");
+        edgeops_jsonw_string(&w, p.sample_id);
+    }
     edgeops_jsonw_end(&w);
     if (edgeops_jsonw_finish(&w, &n) == EDGEOPS_OK) {
         fprintf(stdout, "%s\n", answer);
@@ -263,7 +293,11 @@ int main(int argc, char **argv)
     char err[512];
     char will[512];
     char client_id[128];
+#if EDGEOPS_WITH_TFLM /* TFLite flatbuffers too: host_tflm.c, the tflm variant */
+    const char *runtimes[] = {"emlearn", "tflite-micro"};
+#else
     const char *runtimes[] = {"emlearn"};
+#endif
     const char *tags[HOST_MAX_TAGS];
     edgeops_storage_t storage;
     edgeops_device_t device;
@@ -297,7 +331,7 @@ int main(int argc, char **argv)
     device.device = config.device;
     device.hardware = config.hardware;
     device.runtimes = runtimes;
-    device.n_runtimes = 1;
+    device.n_runtimes = (uint32_t)(sizeof runtimes / sizeof runtimes[0]);
     device.hmac_key_id = config.hmac_key_id;
     device.hmac_key = config.hmac_key;
     device.hmac_key_len = config.hmac_key_len;
@@ -332,7 +366,9 @@ int main(int argc, char **argv)
     port.monotonic_us = port_monotonic_us;
     port.random_u32 = port_random_u32;
     port.log = port_log;
-    if (edgeops_agent_init(&agent, &device, &storage, &port, &options) != EDGEOPS_OK) {
+    if (edgeops_agent_init(&agent, &device, &storage, &port, &options) != EDGEOPS_OK ||
+        edgeops_agent_set_sampling(&agent, config.samples_per_hour,
+                                   config.sample_bytes_per_hour) != EDGEOPS_OK) {
         fprintf(stderr, "edgeops-firmware: bad device configuration\n");
         return 2;
     }

@@ -2,15 +2,19 @@
 // (ESP-IDF: the esp-tflite-micro component; Zephyr: the tflite-micro module; Arduino:
 // the Arduino_TensorFlowLite library). Build with -DEDGEOPS_WITH_TFLM=1 and this file.
 //
-// The artifact of a c-tflm deployment is the raw .tflite flatbuffer (file identifier
-// "TFL3"), held in the agent's model buffer (EDGEOPS_MODEL_MAX_BYTES, 4-byte aligned;
-// TFLM wants 16: raise the buffer's alignment if your kernels need it). One int8 or
-// float32 input tensor of n_features values and one output tensor of n_outputs scores.
-// Not compiled by edgeops' tests: TFLite Micro is not on the build machine as a C
-// library (the tflite-micro Python package sizes the tensor arena instead).
-#include <cmath>
+// The artifact of a tflm deployment (format "tflite", runtime "tflm") is the raw .tflite
+// flatbuffer (file identifier "TFL3"), held in the agent's model buffer
+// (EDGEOPS_MODEL_MAX_BYTES, 4-byte aligned; TFLM wants 16: raise the buffer's alignment
+// if your kernels need it). One int8 or float32 input tensor of n_features values and one
+// output tensor of n_outputs scores. Quantization, dequantization and the argmax are the
+// core's (edgeops_model.h), the same as the host port's runner (ports/host/host_tflm.c)
+// and the Python side's. Not compiled by edgeops' tests: TFLite Micro is not on the build
+// machine as a C library; the host runner executes the same interface with the
+// tflite-micro Python package's interpreter in a coprocess.
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
@@ -20,9 +24,12 @@ extern "C" {
 #include "edgeops_model.h"
 }
 
-#ifndef EDGEOPS_TFLM_ARENA_BYTES
-#define EDGEOPS_TFLM_ARENA_BYTES (64 * 1024)  // from `models show`: the measured arena
+#ifndef TFLITE_SCHEMA_VERSION  // tensorflow/lite/version.h, not in every TFLM distribution
+#define TFLITE_SCHEMA_VERSION 3
 #endif
+
+// EDGEOPS_TFLM_ARENA_BYTES (edgeops_config.h, 64 KiB by default): at least the tflm
+// variant's measured arena_bytes (`edgeops models show`)
 
 namespace {
 alignas(16) uint8_t arena[2][EDGEOPS_TFLM_ARENA_BYTES];  // one per slot
@@ -65,28 +72,51 @@ int free_slot(const edgeops_model_t* m) {
 
 extern "C" edgeops_err_t edgeops_model_tflm_load(edgeops_model_t* m, const uint8_t* data,
                                                 uint32_t size, char* reason, size_t cap) {
-  if (size < 8 || std::memcmp(data + 4, "TFL3", 4) != 0) {
-    std::snprintf(reason, cap, "the artifact is not a TFLite flatbuffer (C source? deploy the "
-                  "flatbuffer bytes over the air)");
-    return EDGEOPS_ERR_MODEL;
-  }
+  const edgeops_err_t checked = edgeops_model_tflite_check(data, size, reason, cap);
+  if (checked != EDGEOPS_OK) return checked;
   add_ops();
   // the agent keeps two models (serving and candidate): each gets an interpreter of its own
   const int slot = free_slot(m);
   owner[slot] = m;
   const tflite::Model* model = tflite::GetModel(data);
+  if (model->version() != TFLITE_SCHEMA_VERSION) {
+    owner[slot] = nullptr;
+    std::snprintf(reason, cap, "the flatbuffer has schema version %u, this TFLM reads %u",
+                  static_cast<unsigned>(model->version()),
+                  static_cast<unsigned>(TFLITE_SCHEMA_VERSION));
+    return EDGEOPS_ERR_MODEL;
+  }
   auto* interp = new (storage[slot])
       tflite::MicroInterpreter(model, resolver, arena[slot], EDGEOPS_TFLM_ARENA_BYTES);
   if (interp->AllocateTensors() != kTfLiteOk) {
-    std::snprintf(reason, cap, "the tensor arena of %d bytes is too small",
-                  EDGEOPS_TFLM_ARENA_BYTES);
+    owner[slot] = nullptr;
+    std::snprintf(reason, cap, "the tensor arena of %u bytes is too small",
+                  static_cast<unsigned>(EDGEOPS_TFLM_ARENA_BYTES));
+    return EDGEOPS_ERR_MODEL;
+  }
+  const TfLiteTensor* in = interp->input(0);
+  const TfLiteTensor* out = interp->output(0);
+  if ((in->type != kTfLiteInt8 && in->type != kTfLiteFloat32) ||
+      (out->type != kTfLiteInt8 && out->type != kTfLiteFloat32)) {
+    owner[slot] = nullptr;
+    std::snprintf(reason, cap, "the model's input and output must be int8 or float32 tensors");
+    return EDGEOPS_ERR_MODEL;
+  }
+  const uint32_t n_in = in->bytes / (in->type == kTfLiteInt8 ? 1 : 4);
+  const uint32_t n_out = out->bytes / (out->type == kTfLiteInt8 ? 1 : 4);
+  if (n_in == 0 || n_in > EDGEOPS_MAX_FEATURES || n_out == 0 || n_out > EDGEOPS_MAX_CLASSES) {
+    owner[slot] = nullptr;
+    std::snprintf(reason, cap, "the model takes %u values and gives %u; this build allows "
+                  "%u and %u", static_cast<unsigned>(n_in), static_cast<unsigned>(n_out),
+                  static_cast<unsigned>(EDGEOPS_MAX_FEATURES),
+                  static_cast<unsigned>(EDGEOPS_MAX_CLASSES));
     return EDGEOPS_ERR_MODEL;
   }
   m->kind = EDGEOPS_MODEL_TFLM;
   m->data = data;
   m->size = size;
-  m->n_features = interp->input(0)->bytes / (interp->input(0)->type == kTfLiteInt8 ? 1 : 4);
-  m->n_outputs = interp->output(0)->bytes / (interp->output(0)->type == kTfLiteInt8 ? 1 : 4);
+  m->n_features = n_in;
+  m->n_outputs = n_out;
   m->tflm = storage[slot];
   return EDGEOPS_OK;
 }
@@ -97,23 +127,21 @@ extern "C" edgeops_err_t edgeops_model_tflm_predict(edgeops_model_t* m, const fl
   auto* interp = reinterpret_cast<tflite::MicroInterpreter*>(storage[slot_of(m)]);
   TfLiteTensor* in = interp->input(0);
   if (in->type == kTfLiteInt8) {
-    for (uint32_t i = 0; i < n_x; i++) {
-      const float q = std::round(x[i] / in->params.scale) + in->params.zero_point;
-      in->data.int8[i] = static_cast<int8_t>(q < -128 ? -128 : q > 127 ? 127 : q);
-    }
+    edgeops_model_quantize_int8(x, n_x, in->params.scale, in->params.zero_point,
+                                in->data.int8);
   } else {
     std::memcpy(in->data.f, x, sizeof(float) * n_x);
   }
   if (interp->Invoke() != kTfLiteOk) return EDGEOPS_ERR_MODEL;
   const TfLiteTensor* out = interp->output(0);
-  int32_t best = 0;
-  for (uint32_t i = 0; i < m->n_outputs && i < n_scores; i++) {
-    scores[i] = out->type == kTfLiteInt8
-                    ? (out->data.int8[i] - out->params.zero_point) * out->params.scale
-                    : out->data.f[i];
-    if (scores[i] > scores[best]) best = static_cast<int32_t>(i);
+  const uint32_t n = m->n_outputs < n_scores ? m->n_outputs : n_scores;
+  if (out->type == kTfLiteInt8) {
+    edgeops_model_dequantize_int8(out->data.int8, n, out->params.scale,
+                                  out->params.zero_point, scores);
+  } else {
+    std::memcpy(scores, out->data.f, sizeof(float) * n);
   }
-  *cls = best;
+  *cls = edgeops_model_argmax(scores, n);
   return EDGEOPS_OK;
 }
 

@@ -80,6 +80,9 @@ static edgeops_err_t st_erase(void *ctx, int slot, edgeops_region_t region)
                : EDGEOPS_ERR_STORAGE;
 }
 
+/* NOR flash: a write only clears bits, so a place written before does not take other bytes
+ * until its region is erased. The core reads every chunk back after writing it and erases
+ * the slot when one does not read back (a damaged chunk kept across a reboot). */
 static edgeops_err_t st_write(void *ctx, int slot, edgeops_region_t region, uint32_t offset,
                               const uint8_t *data, uint32_t len)
 {
@@ -99,7 +102,8 @@ static edgeops_err_t st_read(void *ctx, int slot, edgeops_region_t region, uint3
                : EDGEOPS_ERR_STORAGE;
 }
 
-/* NVS writes are atomic per key; the core still alternates two keys, as on raw flash */
+/* NVS writes are atomic per key; the core still alternates two keys, as on raw flash. A
+ * download writes the record once per chunk (its progress); NVS spreads the writes. */
 static edgeops_err_t st_record_write(void *ctx, int copy, const uint8_t *data, uint32_t len)
 {
     (void)ctx;

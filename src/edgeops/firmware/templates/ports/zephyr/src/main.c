@@ -75,7 +75,9 @@ static edgeops_err_t st_erase(void *ctx, int slot, edgeops_region_t region)
 }
 
 /* flash_area_write needs the flash's write-block alignment: chunk offsets are multiples of
- * chunk_size, so keep chunk_size a multiple of it (4096 is for every common part) */
+ * chunk_size, so keep chunk_size a multiple of it (4096 is for every common part). A place
+ * written before does not take other bytes until erased: the core reads every chunk back
+ * and erases the slot when one does not read back (a damaged chunk kept across a reboot). */
 static edgeops_err_t st_write(void *ctx, int slot, edgeops_region_t region, uint32_t offset,
                               const uint8_t *data, uint32_t len)
 {
@@ -94,6 +96,7 @@ static edgeops_err_t st_read(void *ctx, int slot, edgeops_region_t region, uint3
                : EDGEOPS_ERR_STORAGE;
 }
 
+/* NVS: one record write per downloaded chunk (the progress); NVS spreads them over sectors */
 static edgeops_err_t st_record_write(void *ctx, int copy, const uint8_t *data, uint32_t len)
 {
     ARG_UNUSED(ctx);
