@@ -757,3 +757,44 @@ def test_tflm_firmware_takes_the_flatbuffer_over_the_air(
         client.close()
         fw.stop()
         ws.close()
+
+
+# --- the tflm variant as a pipeline export ----------------------------------------------------
+
+
+def test_pipeline_export_tflm_registers_the_int8_flatbuffer_with_its_arena(models):
+    ws = Workspace.open(models)
+    try:
+        # the model har@1 was trained with (step cache): tflite-int8 comes from the cache,
+        # tflm is converted again and must be the same bytes
+        doc = {
+            "name": "har-pipe",
+            "data": "sensors@1",
+            "label": "label",
+            "features": "wrist@1",
+            "model": {"kind": "keras_mlp", "params": {"hidden": [16], "epochs": 12}, "seed": 0},
+            "export": ["tflite-int8", "tflm"],
+        }
+        result = run_pipeline(ws, parse_pipeline(doc, yaml.safe_dump(doc)))
+        assert result.status == "registered"
+        int8 = ws.registry.variant(result.model_ref, "tflite-int8")
+        tflm, data = _flatbuffer(ws, result.model_ref)
+        assert tflm.format == "tflite" and tflm.sha256 == int8.sha256 and data[4:8] == b"TFL3"
+        assert tflm.meta["runtime"] == "tflm" and tflm.meta["quantization"] == "int8"
+        arena = tflm.metrics["arena_bytes"]
+        assert arena > 0 and tflm.metrics["model_bytes"] == len(data)
+        # what add_tflm_variant measured for the same flatbuffer
+        assert arena == ws.registry.variant("har@1", "tflm").metrics["arena_bytes"]
+        inputs = np.asarray(tflm.meta["test_vectors"]["inputs"], np.float32)
+        outputs = np.asarray(tflm.meta["test_vectors"]["outputs"], np.float32)
+        assert np.array_equal(outputs, _reference(data, arena, inputs))
+        mv = ws.registry.get_version(result.model_ref)
+        assert choose_variant(mv, {"runtimes": ["tflite-micro"]}).name == "tflm"
+    finally:
+        ws.close()
+
+    # a scikit-learn model cannot make tflite-int8: refused in one line, before training
+    sk = {**doc, "model": {"kind": "random_forest"}, "export": ["tflm"]}
+    with pytest.raises(InvalidInput, match="tflm is the tflite-int8 flatbuffer") as err:
+        parse_pipeline(sk, yaml.safe_dump(sk))
+    assert "\n" not in str(err.value) and "emlearn-loadable" in str(err.value)

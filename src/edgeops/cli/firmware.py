@@ -31,8 +31,9 @@ def generate(
     variant: Annotated[
         str | None,
         typer.Option(
-            help="emlearn-loadable, c-emlearn, c-tflm, tflite-int8 or tflite-f32 "
-            "(default: the first of these the version has)."
+            help="emlearn-loadable, c-emlearn, tflm, c-tflm, tflite-int8 or tflite-f32 "
+            "(default: the first of these the version has; tflm comes from "
+            "`export: [tflite-int8, tflm]`)."
         ),
     ] = None,
     vectors: Annotated[

@@ -15,7 +15,9 @@ which is what a TFLite Micro firmware loads from its slot. It measures the small
 tensor arena with the tflite-micro interpreter (``metrics["arena_bytes"]``) and
 records the health vectors' outputs as TFLite Micro computes them, so a device's
 health check compares like with like; the rest of the meta (labels, baseline,
-tensors with their quantization) is the source variant's.
+tensors with their quantization) is the source variant's. The pipeline's ``tflm``
+export (``export: [tflite-int8, tflm]``) makes the same variant with
+:func:`tflm_runner`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from ..errors import Conflict, InvalidInput
 from .artifact import FORMAT_VERSION, emlearn_loadable, read_header
 from .signing import LOADABLE_VARIANT
 
-__all__ = ["TFLM_SOURCES", "TFLM_VARIANT", "add_loadable_variant", "add_tflm_variant"]
+__all__ = [
+    "TFLM_SOURCES",
+    "TFLM_VARIANT",
+    "add_loadable_variant",
+    "add_tflm_variant",
+    "tflm_runner",
+]
 
 TFLM_VARIANT = "tflm"
 # where the flatbuffer is taken from, in order (c-tflm holds it as a C array)
@@ -77,13 +85,21 @@ def _flatbuffer(ws: Any, mv: Any, source: Any) -> bytes:
     return data
 
 
+def tflm_runner(data: bytes, sample: Any) -> tuple[int, Any]:
+    """``(arena_bytes, runner)``: the smallest tensor arena that runs ``sample`` (float32
+    rows) on flatbuffer ``data`` and a checked tflite-micro runner with that arena. Needs
+    the ``mcu`` extra (tflite-micro)."""
+    from ..convert.tflm import TFLMRunner, smallest_arena
+
+    arena = smallest_arena(data, sample)
+    return arena, TFLMRunner(data, arena, checked=True)
+
+
 def add_tflm_variant(ws: Any, ref: str, name: str = TFLM_VARIANT, source: str | None = None) -> Any:
     """Attach the TFLite Micro variant (format ``tflite``, runtime ``tflm``) to version
     ``ref``, from ``source`` (default: the first of :data:`TFLM_SOURCES` it has); returns
     the new variant. Needs the ``mcu`` extra (tflite-micro)."""
     import numpy as np
-
-    from ..convert.tflm import TFLMRunner, smallest_arena
 
     mv = ws.registry.get_version(ref)
     by_name = {v.name: v for v in mv.variants}
@@ -108,8 +124,8 @@ def add_tflm_variant(ws: Any, ref: str, name: str = TFLM_VARIANT, source: str | 
         raise InvalidInput(
             f"{mv.ref} {source} records no test vectors to size the TFLite Micro arena with"
         )
-    arena = smallest_arena(data, inputs)
-    outputs = TFLMRunner(data, arena, checked=True).predict(inputs).reshape(len(inputs), -1)
+    arena, runner = tflm_runner(data, inputs)
+    outputs = runner.predict(inputs).reshape(len(inputs), -1)
     recorded = np.asarray(vectors.get("outputs") or [], dtype=np.float32)
     diff = (
         float(np.max(np.abs(recorded.reshape(outputs.shape) - outputs)))

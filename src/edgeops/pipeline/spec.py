@@ -51,6 +51,7 @@ EXPORT_FORMATS = (
     "tflite-f32",
     "tflite-int8",
     "c-tflm",
+    "tflm",
     "onnx-f32",
     "onnx-int8",
     "c-emlearn",
@@ -178,7 +179,13 @@ def parse_pipeline(raw: Any, source: str = "") -> PipelineSpec:
                 f"pipeline field 'export' has unknown format {fmt!r}; "
                 f"use {', '.join(EXPORT_FORMATS)}"
             )
-    keras_only = {"tflite-f32", "tflite-int8", "c-tflm"}
+    keras_only = {"tflite-f32", "tflite-int8", "c-tflm", "tflm"}
+    if kind in SKLEARN_KINDS and "tflm" in export:
+        raise InvalidInput(
+            "pipeline field 'export': tflm is the tflite-int8 flatbuffer, which only a Keras "
+            f"model makes (model.kind keras_mlp or keras_cnn1d, not {kind}); scikit-learn "
+            "models go to microcontrollers as emlearn-loadable"
+        )
     if kind in SKLEARN_KINDS and keras_only & set(export):
         bad = sorted(keras_only & set(export))[0]
         raise InvalidInput(
@@ -190,7 +197,7 @@ def parse_pipeline(raw: Any, source: str = "") -> PipelineSpec:
     if kind in KERAS_KINDS and emlearn_only:
         raise InvalidInput(
             f"pipeline field 'export': {emlearn_only[0]} is for scikit-learn trees and MLPs; "
-            "Keras models export to C as c-tflm"
+            "Keras models export to microcontrollers as tflm or c-tflm"
         )
 
     calibration = _mapping(obj.get("calibration", {}), "calibration")

@@ -2,11 +2,13 @@
 
 Each format gives bytes to store, a runner to evaluate them (ai-edge-litert or
 tflite-runtime for TFLite, onnxruntime for ONNX, the tflite-micro interpreter
-for the TFLM C array, the gcc-compiled program for emlearn C, the firmware's own
-EOML loader for ``emlearn-loadable``), and what a device
-needs: input/output tensors with quantization parameters, the feature version
-and its fitted parameters, label names, the baseline profile of inputs and
-outputs on the training data, and test vectors for the device's health check.
+for the TFLM C array and for ``tflm``, the int8 flatbuffer itself that TFLite Micro
+devices take over the air (as :func:`edgeops.firmware.variants.add_tflm_variant`
+makes it), the gcc-compiled program for emlearn C, the firmware's own EOML loader
+for ``emlearn-loadable``), and what a device needs: input/output tensors with
+quantization parameters, the feature version and its fitted parameters, label
+names, the baseline profile of inputs and outputs on the training data, and test
+vectors for the device's health check.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     "tflite-f32": ("tflite", "tflite", "f32"),
     "tflite-int8": ("tflite", "tflite", "int8"),
     "c-tflm": ("c-tflm", "tflm", "int8"),
+    # the tflite-int8 bytes (same SHA-256) for TFLite Micro firmware, arena measured
+    "tflm": ("tflite", "tflm", "int8"),
     "onnx-f32": ("onnx", "onnx", "f32"),
     "onnx-int8": ("onnx", "onnx", "int8"),
     "c-emlearn": ("c-emlearn", "emlearn", "f32"),
@@ -67,7 +71,7 @@ def export_variant(
     from edgeops_agent.runtime import load_runner
 
     cal = _calibration(X_train, cal_samples, cal_seed)
-    if fmt in ("tflite-f32", "tflite-int8", "c-tflm"):
+    if fmt in ("tflite-f32", "tflite-int8", "c-tflm", "tflm"):
         from ..convert.tflite import describe_tflite, keras_to_tflite
 
         conv = keras_to_tflite(
@@ -78,6 +82,21 @@ def export_variant(
             seed=cal_seed,
         )
         info = {"calibration_samples": conv.calibration_samples, "converter": conv.converter}
+        if fmt == "tflm":
+            from ..firmware.variants import tflm_runner
+
+            arena, tflm = tflm_runner(conv.data, cal[:TEST_VECTORS])
+            info.update(runner="tflite-micro", arena_bytes=arena)
+            # meta runtime "tflm", as add_tflm_variant records: what deploy sends it to
+            tensors = {**describe_tflite(conv.data), "runtime": "tflm"}
+            return Exported(
+                fmt,
+                conv.data,
+                tflm.predict,
+                tensors,
+                info,
+                metrics={"arena_bytes": arena, "model_bytes": len(conv.data)},
+            )
         if fmt != "c-tflm":
             runner = load_runner("tflite", conv.data)
             return Exported(fmt, conv.data, runner.predict, describe_tflite(conv.data), info)
