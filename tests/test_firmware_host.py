@@ -676,7 +676,9 @@ def test_firmware_joins_a_rollout_next_to_a_python_agent(fleet, firmware_bin, br
             lambda: len(store.windows("digits@1", device="mcu-0")) >= n_windows,
             what="the firmware's windows in the collector's store",
         )
-        assert not collecting.collector.rejected, collecting.collector.rejected
+        # events are stored by both the collector and the rollout controller: whichever is
+        # second counts a duplicate; nothing else may be turned away
+        assert set(collecting.collector.rejected) <= {"duplicate"}, collecting.collector.rejected
         watcher.pump(1.0)
         windows = sorted((parse_telemetry(p) for p in watcher.telemetry), key=lambda w: w["seq"])
         windows = [w for w in windows if w["device"] == "mcu-0"]
@@ -949,7 +951,9 @@ def test_firmware_samples_within_the_budget_are_stored_labelled_and_rescored(
             lambda: len(store.samples("digits@2", device="mcu-s", limit=None)) == len(sampled2),
             what="v2's samples stored",
         )
-        assert not collecting.collector.rejected, collecting.collector.rejected
+        # events are stored by both the collector and the rollout controller: whichever is
+        # second counts a duplicate; nothing else may be turned away
+        assert set(collecting.collector.rejected) <= {"duplicate"}, collecting.collector.rejected
     finally:
         collecting.stop()
         fw.stop()

@@ -155,7 +155,7 @@ def quantize(
         typer.Option(
             "--format",
             "-f",
-            help="tflite-f32, tflite-int8, c-tflm, onnx-f32, onnx-int8 or c-emlearn.",
+            help="tflite-f32, tflite-int8, tflm, c-tflm, onnx-f32, onnx-int8 or c-emlearn.",
         ),
     ],
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
