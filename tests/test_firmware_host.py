@@ -24,12 +24,10 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import random
 import re
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -47,7 +45,6 @@ from edgeops.firmware.build import (
     build_host,
     compile_check,
     core_sources,
-    has_libmosquitto,
     port_sources,
     templates_dir,
 )
@@ -62,13 +59,11 @@ from edgeops.firmware.variants import add_loadable_variant
 from edgeops.fleet.controller import RolloutOptions
 from edgeops.fleet.deploy import ManifestOptions, build_manifest
 from edgeops.fleet.keys import generate_key
-from edgeops.monitoring.collector import Collector, CollectorOptions
-from edgeops.monitoring.ingest import Ingestor
 from edgeops.mqtt import MqttClient
 from edgeops.pipeline import parse_pipeline
 from edgeops.pipeline.check import variant_predict
 from edgeops.pipeline.run import run_pipeline
-from edgeops_protocol.chunks import describe_chunks, split_chunks
+from edgeops_protocol.chunks import describe_chunks
 from edgeops_protocol.manifest import (
     DeviceFacts,
     Rejected,
@@ -76,19 +71,15 @@ from edgeops_protocol.manifest import (
     check_manifest,
     verify_envelope,
 )
-from edgeops_protocol.messages import parse_event, parse_state, parse_telemetry
+from edgeops_protocol.messages import parse_state, parse_telemetry
 from edgeops_protocol.stats import WindowStats
-from edgeops_protocol.topics import chunk_topic, device_filter, device_topic
+from edgeops_protocol.topics import device_topic
+from firmware_kit import Collecting, Watcher, wait_until
+from firmware_kit import publish_deployment as _publish_deployment
+from firmware_kit import require_mosquitto_dev as _require_mosquitto_dev
+from firmware_kit import sign_envelope as _sign
 
 # --- builds ------------------------------------------------------------------------------
-
-
-def _require_mosquitto_dev() -> None:
-    if has_libmosquitto():
-        return
-    if os.environ.get("CI"):
-        pytest.fail("libmosquitto-dev is required in CI (apt-get install libmosquitto-dev)")
-    pytest.skip("libmosquitto-dev is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -358,19 +349,6 @@ def _envelope(mv, variant, data, *, fleet, device, seq, key, now=None, chunk_siz
     return _sign(manifest, key)
 
 
-def _sign(manifest: dict, key) -> dict:
-    """The HMAC envelope, without the shape checks sign_manifest_hmac makes (so tests can
-    sign malformed manifests)."""
-    mac = hmac.new(key.key, canonical_json(manifest), hashlib.sha256).digest()
-    return {
-        "protocol": 1,
-        "type": "desired",
-        "manifest": manifest,
-        "signature": {"alg": "hmac-sha256", "key_id": key.key_id,
-                      "value": base64.b64encode(mac).decode()},
-    }  # fmt: skip
-
-
 def test_manifest_checks_match_the_python_agent(tool, models, tmp_path):
     ws = Workspace.open(models)
     mv = ws.registry.get_version("digits@1")
@@ -511,74 +489,6 @@ def test_loadable_models_agree_exactly_with_emlearn_c(tool, kind, digits):
 # --- the host firmware on Mosquitto ---------------------------------------------------------
 
 
-def wait_until(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Watcher:
-    """Every state and event of a fleet, collected on a client of its own."""
-
-    def __init__(self, url: str, fleet: str) -> None:
-        self.client = MqttClient(url)
-        self.client.subscribe(device_filter(fleet, "events"))
-        self.client.subscribe(device_filter(fleet, "state"))
-        self.client.subscribe(device_filter(fleet, "telemetry"))
-        self.client.subscribe(device_filter(fleet, "samples"))
-        self.client.subscribe(device_filter(fleet, "labels"))
-        self.client.connect()
-        self.events: list[dict] = []
-        self.raw_events: list[dict] = []  # as sent: with the firmware's chunk counts
-        self.states: dict[str, dict] = {}
-        self.telemetry: list[bytes] = []
-        self.samples: list[bytes] = []
-        self.labels: list[bytes] = []
-
-    def pump(self, seconds: float = 0.2) -> None:
-        for msg in self.client.drain(seconds):
-            kind = msg.topic.rsplit("/", 1)[1]
-            if kind == "events":
-                self.events.append(parse_event(msg.payload))
-                self.raw_events.append(json.loads(msg.payload))
-            elif kind == "state":
-                st = parse_state(msg.payload)
-                self.states[st["device"]] = st
-            elif kind == "telemetry":
-                self.telemetry.append(msg.payload)
-            elif kind == "samples":
-                self.samples.append(msg.payload)
-            elif kind == "labels":
-                self.labels.append(msg.payload)
-
-    def event(self, device: str, kind: str, seq: int | None = None) -> dict | None:
-        self.pump()
-        for e in self.events:
-            if e["device"] == device and e["event"] == kind and seq in (None, e["seq"]):
-                return e
-        return None
-
-    def raw_event(self, device: str, kind: str, **fields) -> dict | None:
-        """The first event of ``device`` of ``kind`` with these field values, as sent."""
-        self.pump()
-        for e in self.raw_events:
-            if (
-                e["device"] == device
-                and e["event"] == kind
-                and all(e.get(k) == v for k, v in fields.items())
-            ):
-                return e
-        return None
-
-    def close(self) -> None:
-        self.client.close()
-
-
 @pytest.fixture
 def fleet(models, broker, topic_prefix, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEOPS_MQTT_URL", broker.url)
@@ -607,21 +517,6 @@ def _firmware(binary, tmp_path, broker, fleet_name, device, keys_dir, **kw) -> H
         **kw,
     )
     return HostFirmware(binary, tmp_path / device, config).start()
-
-
-class Collecting:
-    """The real collector on its own thread."""
-
-    def __init__(self, ws, broker, fleet: str) -> None:
-        opts = CollectorOptions(client_id=f"c-{fleet}", batch_size=50, linger=0.02)
-        self.collector = Collector(Ingestor(ws.db, fleet), broker.url, opts).start()
-        self.thread = threading.Thread(target=self.collector.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.collector.stop()
-        self.thread.join(30)
-        self.collector.close()
 
 
 def test_firmware_joins_a_rollout_next_to_a_python_agent(fleet, firmware_bin, broker, tmp_path):
@@ -714,20 +609,6 @@ def test_firmware_joins_a_rollout_next_to_a_python_agent(fleet, firmware_bin, br
 def env_of(client, fleet_name: str, device: str) -> dict:
     (msg,) = client.retained(device_topic(fleet_name, device, "desired"))
     return json.loads(msg.payload)
-
-
-def _publish_deployment(client, fleet_name, envelope, data, corrupt_chunk=None):
-    manifest = envelope["manifest"]
-    chunks = split_chunks(data, manifest["artifact"]["chunk_size"])
-    items = []
-    for i, chunk in enumerate(chunks):
-        payload = bytes([chunk[0] ^ 0xFF]) + chunk[1:] if i == corrupt_chunk else chunk
-        items.append((chunk_topic(fleet_name, manifest["artifact"]["sha256"], i), payload, True))
-    # out of order, and one chunk twice: the firmware must not care
-    items = items[::-1] + items[:1]
-    client.publish_all(items)
-    topic = device_topic(fleet_name, manifest["device"], "desired")
-    client.publish_all([(topic, json.dumps(envelope).encode(), True)])
 
 
 def test_bad_chunk_bad_hmac_and_replay_are_rejected_and_the_old_model_keeps_serving(

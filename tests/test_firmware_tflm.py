@@ -22,16 +22,13 @@ without the Python packages).
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,7 +49,6 @@ from edgeops.firmware.build import (
     build_host,
     build_program,
     compile_check,
-    has_libmosquitto,
     templates_dir,
 )
 from edgeops.firmware.host import HostConfig, HostFirmware
@@ -71,18 +67,19 @@ from edgeops.fleet.deploy import (
     choose_variant,
 )
 from edgeops.fleet.keys import generate_key
-from edgeops.monitoring.collector import Collector, CollectorOptions
-from edgeops.monitoring.ingest import Ingestor
 from edgeops.monitoring.store import MonitoringStore
 from edgeops.mqtt import MqttClient
 from edgeops.pipeline import parse_pipeline
 from edgeops.pipeline.run import run_pipeline
 from edgeops_agent.runtime.tflite import dequantize, quantize
 from edgeops_protocol.chunks import split_chunks
-from edgeops_protocol.manifest import DeviceFacts, canonical_json, check_manifest
-from edgeops_protocol.messages import parse_event, parse_state, parse_telemetry
+from edgeops_protocol.manifest import DeviceFacts, check_manifest
+from edgeops_protocol.messages import parse_telemetry
 from edgeops_protocol.stats import WindowStats
-from edgeops_protocol.topics import chunk_topic, device_filter, device_topic
+from edgeops_protocol.topics import chunk_topic, device_topic
+from firmware_kit import Collecting, Watcher, wait_until
+from firmware_kit import require_mosquitto_dev as _require_mosquitto_dev
+from firmware_kit import sign_envelope as _signed
 
 STATS = {
     "name": "wrist",
@@ -91,14 +88,6 @@ STATS = {
 }
 DEVICE = "mcu-tflm"
 WINDOW = 16
-
-
-def _require_mosquitto_dev() -> None:
-    if has_libmosquitto():
-        return
-    if os.environ.get("CI"):
-        pytest.fail("libmosquitto-dev is required in CI (apt-get install libmosquitto-dev)")
-    pytest.skip("libmosquitto-dev is not installed")
 
 
 # --- two Keras versions with their tflm variants ----------------------------------------------
@@ -540,78 +529,10 @@ def test_generate_host_project_for_a_keras_model_uses_the_host_runner(models, tm
 # --- the host firmware on Mosquitto ----------------------------------------------------------
 
 
-def wait_until(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Watcher:
-    """The fleet's states, events and telemetry, on a client of its own."""
-
-    def __init__(self, url: str, fleet: str) -> None:
-        self.client = MqttClient(url)
-        for kind in ("events", "state", "telemetry"):
-            self.client.subscribe(device_filter(fleet, kind))
-        self.client.connect()
-        self.events: list[dict] = []
-        self.states: dict[str, dict] = {}
-        self.telemetry: list[dict] = []
-
-    def pump(self, seconds: float = 0.2) -> None:
-        for msg in self.client.drain(seconds):
-            kind = msg.topic.rsplit("/", 1)[1]
-            if kind == "events":
-                self.events.append(parse_event(msg.payload))
-            elif kind == "state":
-                st = parse_state(msg.payload)
-                self.states[st["device"]] = st
-            elif kind == "telemetry":
-                self.telemetry.append(parse_telemetry(msg.payload))
-
-    def event(self, kind: str, seq: int) -> dict | None:
-        self.pump()
-        return next((e for e in self.events if e["event"] == kind and e["seq"] == seq), None)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class Collecting:
-    """The real collector on its own thread."""
-
-    def __init__(self, ws, broker, fleet: str) -> None:
-        opts = CollectorOptions(client_id=f"c-{fleet}", batch_size=50, linger=0.02)
-        self.collector = Collector(Ingestor(ws.db, fleet), broker.url, opts).start()
-        self.thread = threading.Thread(target=self.collector.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.collector.stop()
-        self.thread.join(30)
-        self.collector.close()
-
-
 @pytest.fixture(scope="module")
 def firmware_bin(tmp_path_factory) -> Path:
     _require_mosquitto_dev()
     return build_host(tmp_path_factory.mktemp("fw-tflm"), tflm=True)
-
-
-def _signed(manifest: dict, key) -> dict:
-    mac = hmac.new(key.key, canonical_json(manifest), hashlib.sha256).digest()
-    return {
-        "protocol": 1,
-        "type": "desired",
-        "manifest": manifest,
-        "signature": {"alg": "hmac-sha256", "key_id": key.key_id,
-                      "value": base64.b64encode(mac).decode()},
-    }  # fmt: skip
 
 
 def _deploy(client, fleet, envelope, data, corrupt_chunk=None) -> None:
@@ -716,7 +637,8 @@ def test_tflm_firmware_takes_the_flatbuffer_over_the_air(
         assert len(store.windows("har@1", device=DEVICE)) == n_windows
         watcher.pump(1.0)
         windows = sorted(
-            (w for w in watcher.telemetry if w["device"] == DEVICE), key=lambda w: w["seq"]
+            (w for w in map(parse_telemetry, watcher.telemetry) if w["device"] == DEVICE),
+            key=lambda w: w["seq"],
         )
         assert [w["seq"] for w in windows] == list(range(1, n_windows + 1))
         assert windows[0]["model"] == {
@@ -741,15 +663,15 @@ def test_tflm_firmware_takes_the_flatbuffer_over_the_air(
 
         seq = manifest["seq"] + 10
         _deploy(client, name, envelope(seq), data2, corrupt_chunk=1)
-        failed = wait_until(lambda: watcher.event("failed", seq), what="v2 failed")
+        failed = wait_until(lambda: watcher.event(DEVICE, "failed", seq), what="v2 failed")
         assert failed["step"] == "download", failed
         assert "SHA-256" in failed["reason"], failed
-        assert not watcher.event("activated", seq)
+        assert not watcher.event(DEVICE, "activated", seq)
         assert serving(want1)
 
         # the same v2, whole: activated, and now it serves
         _deploy(client, name, envelope(seq + 1), data2)
-        assert wait_until(lambda: watcher.event("activated", seq + 1), what="v2 activated")
+        assert wait_until(lambda: watcher.event(DEVICE, "activated", seq + 1), what="v2 activated")
         assert serving(want2)
     finally:
         collecting.stop()
