@@ -32,7 +32,7 @@ def require_mosquitto_dev() -> None:
 
 
 def wait_until(cond, timeout=60.0, what="condition"):
-    return _wait_until(cond, timeout, what)
+    return _wait_until(cond, timeout, what, every=0.1)
 
 
 class Watcher:

@@ -33,16 +33,19 @@ SPEC = {
 }
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.02
+) -> Any:
+    """Poll ``cond`` every ``every`` seconds until it returns something truthy; fail after
+    ``timeout`` seconds (every test module's waiting goes through here)."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from edgeops.fleet.keys import generate_key
 from edgeops.mqtt import MqttClient
 from edgeops.pipeline import parse_pipeline
 from edgeops.pipeline.run import run_pipeline
+from test_agent_kit import wait_until as _wait_until
 
 STATS = {
     "name": "wrist",
@@ -32,14 +32,7 @@ STATS = {
 
 
 def wait_until(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return _wait_until(cond, timeout, what, every=0.1)
 
 
 @pytest.fixture(scope="module")

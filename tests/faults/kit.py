@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from edgeops_protocol.baseline import baseline_profile
 from test_agent_kit import FEATURES, Model, onnx_model
+from test_agent_kit import wait_until as _wait_until
 
 LABELS = ["no", "yes"]
 
@@ -33,15 +33,8 @@ def figure(text: str) -> str:
 
 
 def wait_until(cond: Any, timeout: float = 30.0, what: str = "condition", every: float = 0.02):
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    """:func:`test_agent_kit.wait_until` with the campaign's 30 s default."""
+    return _wait_until(cond, timeout, what, every)
 
 
 def baseline() -> dict:
