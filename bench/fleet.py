@@ -65,7 +65,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import queue
 import re
 import shutil
@@ -76,14 +75,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import _report  # bench/_report.py
 from _broker import Broker, start_broker  # bench/_broker.py; the script folder is on sys.path
+from _report import stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -597,24 +597,6 @@ def build_model(home: Path, s: Settings, log: Path | None) -> tuple[Any, Any, An
     mv = ws.registry.get_version(result.model_ref)
     variant = next(v for v in mv.variants if v.name == "tflite-int8")
     return ws, mv, variant, ws.registry.variant_bytes(mv.ref, variant.name)
-
-
-@contextlib.contextmanager
-def stderr_to(log: Path | None) -> Iterator[None]:
-    """Send file descriptor 2 (TensorFlow's C-level chatter) to ``log``."""
-    if log is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(log, "ab") as fh:
-            os.dup2(fh.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 @dataclass
@@ -1146,28 +1128,12 @@ def importtime(args: list[str], top: int = 6) -> list[dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("paho-mqtt", "ai-edge-litert", "cryptography", "numpy", "SQLAlchemy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
+    host = _report.machine(("paho-mqtt", "ai-edge-litert", "cryptography", "numpy", "SQLAlchemy"))
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         out = subprocess.run([mosq, "-h"], capture_output=True, text=True, timeout=10)
-        versions["mosquitto"] = out.stdout.split("version", 1)[1].split()[0]
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": versions,
-    }
+        host["packages"]["mosquitto"] = out.stdout.split("version", 1)[1].split()[0]
+    return host
 
 
 def verdict(value: float, target: float) -> str:

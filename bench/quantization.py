@@ -34,19 +34,19 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import _report  # bench/_report.py; the script folder is on sys.path
 import numpy as np
+from _report import stderr_to
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -338,24 +338,6 @@ class Progress:
         pass
 
 
-@contextlib.contextmanager
-def stderr_to(log: Path | None) -> Iterator[None]:
-    """Send file descriptor 2 (TensorFlow's and the converters' C-level chatter) to ``log``."""
-    if log is None:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(log, "ab") as fh:
-            os.dup2(fh.fileno(), 2)
-            yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def prepare_workspace(home: Path, s: Settings) -> Any:
     """A new workspace with both data sets and the three feature specs registered."""
     from edgeops import Workspace
@@ -460,24 +442,9 @@ def run_case(ws: Any, case: Case, s: Settings, t0: float) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("tensorflow-cpu", "tensorflow", "ai-edge-litert", "onnxruntime", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": versions,
-    }
+    return _report.machine(
+        ("tensorflow-cpu", "tensorflow", "ai-edge-litert", "onnxruntime", "numpy")
+    )
 
 
 def architecture(result: dict[str, Any]) -> str:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from edgeops_agent.agent import Agent
 from edgeops_agent.config import AgentConfig
 from edgeops_protocol.chunks import describe_chunks, split_chunks
 from edgeops_protocol.features import fit
@@ -244,6 +246,13 @@ class Server:
 
 
 def read_retained(broker: Any, topic: str, timeout: float = 5.0) -> dict | None:
+    """The retained state message on ``topic``, parsed; None when there is none."""
+    payload = retained_payload(broker, topic, timeout)
+    return parse_state(payload) if payload is not None else None
+
+
+def retained_payload(broker: Any, topic: str, timeout: float = 5.0) -> bytes | None:
+    """The retained message on ``topic`` as it is, read by a fresh subscriber; None if none."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -263,7 +272,49 @@ def read_retained(broker: Any, topic: str, timeout: float = 5.0) -> dict | None:
     done.wait(timeout)
     client.disconnect()
     client.loop_stop()
-    return parse_state(got[-1]) if got else None
+    return got[-1] if got else None
+
+
+# --- fixtures of the agent tests: a test module imports the ones it uses (``keys_fixture as
+# keys_fixture``), which gives it the fixture by its name (``keys``) and no other module.
+
+
+@pytest.fixture(name="keys")
+def keys_fixture() -> tuple[bytes, bytes]:
+    """A fresh signing key pair: (private, public)."""
+    return generate_keypair()
+
+
+@pytest.fixture(name="server")
+def server_fixture(broker: Any, topic_prefix: str, keys: tuple[bytes, bytes]):
+    """The server's side on this test's broker, fleet ``topic_prefix``, signing with ``keys``."""
+    srv = Server(broker, topic_prefix, keys[0])
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(name="agents")
+def agents_fixture():
+    """Agents started by a test; stopped afterwards whatever happened."""
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture(name="start")
+def start_fixture(broker: Any, server: Server, keys: tuple[bytes, bytes], tmp_path: Path, agents):
+    """``start(state="state", **over)``: an agent on ``tmp_path / state``, started, connected."""
+
+    def _start(state: str = "state", **over: Any) -> Agent:
+        config = agent_config(tmp_path / state, broker, server.fleet, keys[1], **over)
+        agent = Agent(config)
+        agent.start()
+        agents.append(agent)
+        wait_until(lambda: agent.connected, what="agent connected")
+        return agent
+
+    return _start
 
 
 def test_kit_model_is_deterministic():

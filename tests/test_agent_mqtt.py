@@ -21,48 +21,17 @@ from edgeops_protocol.manifest import generate_keypair
 from edgeops_protocol.topics import chunk_topic, device_topic
 from test_agent_kit import (
     Server,
-    agent_config,
     make_manifest,
     onnx_model,
     read_retained,
     wait_until,
 )
+from test_agent_kit import agents_fixture as agents_fixture
+from test_agent_kit import keys_fixture as keys_fixture
+from test_agent_kit import server_fixture as server_fixture
+from test_agent_kit import start_fixture as start_fixture
 
 DEV = "dev-1"
-
-
-@pytest.fixture
-def keys():
-    return generate_keypair()
-
-
-@pytest.fixture
-def server(broker, topic_prefix, keys):
-    srv = Server(broker, topic_prefix, keys[0])
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def agents():
-    """Agents started by a test; stopped afterwards whatever happened."""
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
-@pytest.fixture
-def start(broker, server, keys, tmp_path, agents):
-    def _start(state: str = "state", **over) -> Agent:
-        config = agent_config(tmp_path / state, broker, server.fleet, keys[1], **over)
-        agent = Agent(config)
-        agent.start()
-        agents.append(agent)
-        wait_until(lambda: agent.connected, what="agent connected")
-        return agent
-
-    return _start
 
 
 def _serving_seq(agent: Agent) -> int | None:

@@ -16,26 +16,15 @@ import pytest
 
 from edgeops_agent.agent import Agent
 from edgeops_agent.cli import COMMANDS, main
-from edgeops_protocol.manifest import generate_keypair
 from edgeops_protocol.topics import chunk_topic
-from test_agent_kit import Server, agent_config, make_manifest, onnx_model, wait_until
+from test_agent_kit import agent_config, make_manifest, onnx_model, wait_until
+from test_agent_kit import keys_fixture as keys_fixture
+from test_agent_kit import server_fixture as server_fixture
 
 DEV = "dev-1"
 HEAVY = {"tensorflow", "pandas", "sqlalchemy", "fastapi", "edgeops", "sklearn", "skl2onnx"}
 ZERO_KEY = base64.b64encode(bytes(32)).decode()
 README = Path(__file__).resolve().parents[1] / "device_agent" / "README.md"
-
-
-@pytest.fixture
-def keys():
-    return generate_keypair()
-
-
-@pytest.fixture
-def server(broker, topic_prefix, keys):
-    srv = Server(broker, topic_prefix, keys[0])
-    yield srv
-    srv.close()
 
 
 def write_config(path: Path, broker, fleet: str, public_key: bytes, **over) -> Path:

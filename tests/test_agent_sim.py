@@ -7,20 +7,9 @@ import threading
 import pytest
 
 from edgeops_agent.sim import SimulatedFleet
-from edgeops_protocol.manifest import generate_keypair
-from test_agent_kit import Server, agent_config, make_manifest, onnx_model, wait_until
-
-
-@pytest.fixture
-def keys():
-    return generate_keypair()
-
-
-@pytest.fixture
-def server(broker, topic_prefix, keys):
-    srv = Server(broker, topic_prefix, keys[0])
-    yield srv
-    srv.close()
+from test_agent_kit import agent_config, make_manifest, onnx_model, wait_until
+from test_agent_kit import keys_fixture as keys_fixture
+from test_agent_kit import server_fixture as server_fixture
 
 
 def test_a_simulated_fleet_deploys_crashes_and_restarts(broker, server, keys, tmp_path):

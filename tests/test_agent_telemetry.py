@@ -30,7 +30,6 @@ from edgeops_agent.serve import LoadedModel, Predictor
 from edgeops_agent.telemetry import MAX_PENDING, Telemetry, window_baseline
 from edgeops_protocol.baseline import baseline_profile
 from edgeops_protocol.histogram import histogram
-from edgeops_protocol.manifest import generate_keypair
 from edgeops_protocol.messages import (
     ACK_KINDS,
     ack_message,
@@ -42,6 +41,8 @@ from edgeops_protocol.messages import (
 from edgeops_protocol.stats import WindowStats
 from edgeops_protocol.topics import device_topic, parse_device_topic
 from test_agent_kit import FEATURES, Server, agent_config, make_manifest, onnx_model, wait_until
+from test_agent_kit import keys_fixture as keys_fixture
+from test_agent_kit import server_fixture as server_fixture
 
 DEV = "dev-1"
 LABELS = ["no", "yes"]
@@ -582,18 +583,6 @@ def restart_broker(broker: Any) -> None:
 
     broker.stop()
     broker.proc = start_broker(broker.folder, port=broker.port, extra_config=_BROKER_CONFIG).proc
-
-
-@pytest.fixture
-def keys():
-    return generate_keypair()
-
-
-@pytest.fixture
-def server(broker, topic_prefix, keys):
-    srv = Server(broker, topic_prefix, keys[0])
-    yield srv
-    srv.close()
 
 
 @pytest.fixture

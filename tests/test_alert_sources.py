@@ -4,12 +4,9 @@ that merge every device's windows."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from edgeops.fleet.store import FleetStore
 from edgeops.monitoring.drift import (
     compare_counts,
     detect,
@@ -19,65 +16,29 @@ from edgeops.monitoring.drift import (
 )
 from edgeops.monitoring.service import MonitoringService
 from edgeops.monitoring.skew import group_outliers, wilson_interval
-from edgeops.registry import NewVariant
-from edgeops.store.schema import Sample, TelemetryWindow
+from edgeops.store.schema import Sample
 from edgeops_protocol.baseline import baseline_profile
-from edgeops_protocol.messages import state_message
-from edgeops_protocol.stats import WindowStats, merge_windows
+from edgeops_protocol.stats import merge_windows
+from telemetry_kit import FLOAT_FEATURES as FEATURES
+from telemetry_kit import FLOAT_LABELS as LABELS
+from telemetry_kit import (
+    apply_states,
+    float_model,
+    model_window,
+    register_float_model,
+    stored_window,
+)
 
-FEATURES = ["a", "b", "c"]
-LABELS = ["x", "y"]
 VARIANT = "onnx-f32"
-
-
-def _model():
-    """Logistic regression on a seeded dataset: the label depends on a and b, not on c."""
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(1000, 3))
-    y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.normal(size=1000) > 0).astype(int)
-    return LogisticRegression().fit(X, y), X
 
 
 def _register(ws):
     """``m@1``: a real float model (the original) and an ``onnx-f32`` variant with a baseline."""
-    from edgeops.model_io import save_sklearn
-
-    model, X = _model()
-    baseline = baseline_profile(X, model.predict_proba(X), FEATURES, LABELS)
-    meta = {"baseline": baseline, "labels": LABELS, "feature_names": FEATURES}
-    mv = ws.registry.register(
-        "m",
-        save_sklearn(model),
-        "skops",
-        metrics={"accuracy": 0.9},
-        labels=LABELS,
-        variants=[NewVariant(VARIANT, b"o" * 100, "onnx", {"accuracy": 0.88}, meta)],
-    )
-    return mv, model, baseline
+    return register_float_model(ws, [(VARIANT, b"o" * 100, "onnx", {"accuracy": 0.88})])
 
 
 def _devices(ws, devices):
-    fleet = FleetStore(ws.db, ws.settings.fleet)
-    for d in devices:
-        fleet.apply_state(
-            json.loads(
-                state_message(
-                    fleet=ws.settings.fleet,
-                    device=d,
-                    online=True,
-                    boot="b",
-                    ts=0.0,
-                    hardware="rpi4",
-                    runtimes=["onnxruntime"],
-                    accepted_seq=1,
-                    model=None,
-                    previous=None,
-                    tags=["lab"],
-                )
-            )
-        )
+    apply_states(ws.db, ws.settings.fleet, {d: ["lab"] for d in devices})
 
 
 def _clear_inputs(model, n, seed):
@@ -113,30 +74,13 @@ def _add_samples(ws, mv, rows):
 
 
 def _window(baseline, model, rng, n, shift=0.0, column=2):
-    stats = WindowStats(baseline)
-    X = rng.normal(size=(n, 3))
-    X[:, column] += shift
-    for x, o in zip(X, model.predict_proba(X), strict=True):
-        stats.update(x, o, latency_ms=0.5)
-    return stats.window()
+    return model_window(baseline, model.predict_proba, rng, n, shift, column)
 
 
 def _add_window(ws, mv, device, seq, stats, end, length=60.0):
     def write(s):
         s.add(
-            TelemetryWindow(
-                fleet=ws.settings.fleet,
-                device_id=device,
-                boot="b",
-                seq=seq,
-                model_ref=mv.ref,
-                variant=VARIANT,
-                sha256="0" * 64,
-                start=end - length,
-                end=end,
-                count=stats["count"],
-                stats=stats,
-            )
+            stored_window(ws.settings.fleet, device, seq, mv.ref, VARIANT, stats, end - length, end)
         )
 
     ws.db.write(write)
@@ -397,7 +341,7 @@ def test_time_slices_join_cells_until_min_count_and_ignore_who_reported_last():
 def test_a_very_different_device_is_left_out_of_the_others_rest():
     """Three devices, d3's input c shifted by 1.5 sd: against a rest that is half d3, d1 and
     d2 would look unlike it too; once d3 is set aside they are compared with each other."""
-    model, X = _model()
+    model, X = float_model()
     baseline = baseline_profile(X, model.predict_proba(X), FEATURES, LABELS)
     rng = np.random.default_rng(4)
     wins = {
@@ -425,7 +369,7 @@ def test_a_very_different_device_is_left_out_of_the_others_rest():
 
 
 def test_two_devices_unlike_each_other_are_both_reported():
-    model, X = _model()
+    model, X = float_model()
     baseline = baseline_profile(X, model.predict_proba(X), FEATURES, LABELS)
     rng = np.random.default_rng(5)
     wins = {"a": _window(baseline, model, rng, 400), "b": _window(baseline, model, rng, 400, 1.5)}

@@ -42,7 +42,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edgeops import Workspace
 from edgeops.convert.tflm import TFLMRunner, smallest_arena, tflite_to_c_array
-from edgeops.datasets import sensor_windows, write_table
 from edgeops.errors import Conflict, InvalidInput
 from edgeops.firmware.build import (
     HOST_DEFINES,
@@ -80,12 +79,8 @@ from edgeops_protocol.topics import chunk_topic, device_topic
 from firmware_kit import Collecting, Watcher, wait_until
 from firmware_kit import require_mosquitto_dev as _require_mosquitto_dev
 from firmware_kit import sign_envelope as _signed
+from pipeline_kit import trained_workspace
 
-STATS = {
-    "name": "wrist",
-    "inputs": [{"name": a, "kind": "window", "length": 64} for a in ("ax", "ay", "az")],
-    "steps": [*({"op": "window_stats", "input": a} for a in ("ax", "ay", "az")), {"op": "scale"}],
-}
 DEVICE = "mcu-tflm"
 WINDOW = 16
 
@@ -95,30 +90,13 @@ WINDOW = 16
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    home = tmp_path_factory.mktemp("tflm-ws")
-    ws, _ = Workspace.init(home)
-    try:
-        write_table(sensor_windows(n_per_class=60, seed=5), home / "s.csv")
-        ws.data.add(home / "s.csv", "sensors")
-        ws.features.add(STATS)
-        for seed in (0, 1):
-            doc = {
-                "name": "har",
-                "data": "sensors@1",
-                "label": "label",
-                "features": "wrist@1",
-                "model": {
-                    "kind": "keras_mlp",
-                    "params": {"hidden": [16], "epochs": 12},
-                    "seed": seed,
-                },
-                "export": ["tflite-int8"],
-            }
-            assert run_pipeline(ws, parse_pipeline(doc, yaml.safe_dump(doc))).status == "registered"
-            add_tflm_variant(ws, f"har@{1 + seed}")
-    finally:
-        ws.close()
-    return home
+    return trained_workspace(
+        tmp_path_factory.mktemp("tflm-ws"),
+        "keras_mlp",
+        {"hidden": [16], "epochs": 12},
+        ["tflite-int8"],
+        each=add_tflm_variant,
+    )
 
 
 def _flatbuffer(ws, ref: str) -> tuple[object, bytes]:

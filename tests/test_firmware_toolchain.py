@@ -23,7 +23,6 @@ import base64
 import json
 import math
 import os
-import queue
 import re
 import shutil
 import stat
@@ -65,6 +64,7 @@ from edgeops_protocol.features import fit
 from edgeops_protocol.manifest import verify_envelope
 from edgeops_protocol.messages import state_message
 from edgeops_protocol.topics import device_topic
+from rollout_kit import FakeClient
 
 runner = CliRunner()
 AXES = ("ax", "ay", "az")
@@ -525,29 +525,6 @@ def test_tflite_model_footprint_has_the_tflm_arena(home, tmp_path):
 # --- rollouts: the footprint check -----------------------------------------------------------
 
 
-class FakeClient:
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes, bool]] = []
-        self.messages: queue.Queue[Message] = queue.Queue()
-
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        pass
-
-    def publish_all(self, items, timeout: float = 60.0) -> None:
-        self.published.extend(items)
-
-    def drain(self, timeout: float):
-        while True:
-            try:
-                yield self.messages.get_nowait()
-            except queue.Empty:
-                return
-
-    def desired(self, fleet: str, device: str) -> dict:
-        topic = device_topic(fleet, device, "desired")
-        return json.loads([p for t, p, _ in self.published if t == topic][-1])
-
-
 def _state(fleet: str, device: str, runtimes: list[str], **memory: int) -> bytes:
     doc = json.loads(
         state_message(
@@ -649,7 +626,7 @@ def test_keys_device_prints_the_key_once_and_the_controller_signs_with_it(
         from edgeops.fleet.keys import load_key
 
         fleet_key = load_key(ws.settings.keys_dir)
-        client = FakeClient()
+        client = FakeClient("sig")
         ctl = RolloutController(ws, fleet_key, client)  # default signer: <keys_dir>/devices
         for device, runtimes in (
             ("mcu-07", ["emlearn"]),
@@ -664,19 +641,19 @@ def test_keys_device_prints_the_key_once_and_the_controller_signs_with_it(
         rid = ctl.create("digits@1", "tag:mcu", RolloutOptions(stages=(1.0,)))
         ctl._advance(rid, [], time.time(), None)
         keys = {k.key_id: k.key for k in load_device_keys(ws.settings.keys_dir).values()}
-        mcu = client.desired("sig", "mcu-07")
+        mcu = client.desired("mcu-07")
         assert mcu["signature"]["alg"] == "hmac-sha256"
         assert mcu["signature"]["key_id"] == made["hmac_key_id"]
         assert verify_envelope(mcu, hmac_keys=keys)["model"]["variant"] == "emlearn-loadable"
-        assert client.desired("sig", "mcu-09")["signature"]["key_id"] == late.key_id
-        pi = client.desired("sig", "pi-1")
+        assert client.desired("mcu-09")["signature"]["key_id"] == late.key_id
+        pi = client.desired("pi-1")
         assert pi["signature"]["alg"] == "ed25519"
         assert verify_envelope(pi, public_keys={fleet_key.key_id: fleet_key.public})
         assert pi["manifest"]["model"]["variant"] == "onnx-f32"
         # re-signing before expiry keeps each device's kind of signature
         assert ctl.resign_expiring(time.time(), margin=1e12) == 3
-        assert client.desired("sig", "mcu-07")["signature"]["alg"] == "hmac-sha256"
-        assert client.desired("sig", "pi-1")["signature"]["alg"] == "ed25519"
+        assert client.desired("mcu-07")["signature"]["alg"] == "hmac-sha256"
+        assert client.desired("pi-1")["signature"]["alg"] == "ed25519"
         # a signer of one's own
         calls = []
 

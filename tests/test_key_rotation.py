@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 
 import pytest
@@ -35,7 +34,14 @@ from edgeops_protocol.keychain import (
 )
 from edgeops_protocol.manifest import generate_keypair, key_id, sign_manifest
 from edgeops_protocol.topics import ProtocolError
-from test_agent_kit import Server, agent_config, make_manifest, onnx_model, wait_until
+from test_agent_kit import (
+    Server,
+    agent_config,
+    make_manifest,
+    onnx_model,
+    retained_payload,
+    wait_until,
+)
 
 DEV = "dev-1"
 T0 = 1_900_000_000.0
@@ -207,29 +213,6 @@ def test_a_rotation_stopped_before_signing_key_was_written_is_finished_by_load_k
 
 
 # --- the CLI ---------------------------------------------------------------------------------
-def _retained(broker, topic: str, timeout: float = 5.0) -> bytes | None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    got: list[bytes] = []
-    done = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-
-    def on_message(c, u, msg):
-        if msg.retain:
-            got.append(bytes(msg.payload))
-            done.set()
-
-    client.on_message = on_message
-    client.connect(broker.host, broker.port)
-    client.subscribe(topic, 1)
-    client.loop_start()
-    done.wait(timeout)
-    client.disconnect()
-    client.loop_stop()
-    return got[-1] if got else None
-
-
 def test_cli_rotate_retire_publish_and_the_audit_log(ws, broker, monkeypatch):
     from edgeops import audit
 
@@ -252,16 +235,16 @@ def test_cli_rotate_retire_publish_and_the_audit_log(ws, broker, monkeypatch):
     assert out["key_id"] == active.key_id and out["previous"] == first.key_id
     assert out["published"] and out["topic"] == keys_topic(fleet)
     assert out["retire_previous_at"] == pytest.approx(time.time() + 12 * 3600, abs=60)
-    retained = parse_keys_message(_retained(broker, keys_topic(fleet)))
+    retained = parse_keys_message(retained_payload(broker, keys_topic(fleet)))
     assert retained["chain"] == key_chain(ws.settings.keys_dir)
     assert json.loads(run("show", "--json").output)["key_id"] == active.key_id
 
     plain = run("rotate", "--grace", "never", "--no-publish").output
     assert "NOT announced yet" in plain and "until `edgeops keys retire`" in plain
     third = load_key(ws.settings.keys_dir).current()
-    assert len(parse_keys_message(_retained(broker, keys_topic(fleet)))["chain"]) == 1
+    assert len(parse_keys_message(retained_payload(broker, keys_topic(fleet)))["chain"]) == 1
     assert "Published" in run("publish").output
-    assert len(parse_keys_message(_retained(broker, keys_topic(fleet)))["chain"]) == 2
+    assert len(parse_keys_message(retained_payload(broker, keys_topic(fleet)))["chain"]) == 2
 
     retired = json.loads(run("retire", "--json").output)
     assert retired == {

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from edgeops.fleet.store import FleetStore
 from edgeops.monitoring.service import MonitoringService
 from edgeops.registry import NewVariant
-from edgeops.store.schema import TelemetryWindow
 from edgeops_protocol.baseline import baseline_profile
-from edgeops_protocol.messages import state_message
-from edgeops_protocol.stats import WindowStats
+from telemetry_kit import apply_states, model_window, stored_window
 
 FEATURES = ["a", "b", "c"]
 LABELS = ["x", "y"]
@@ -42,55 +37,18 @@ def mon(ws, monkeypatch):
     mv = w.registry.register(
         "m", blob, "skops", variants=[NewVariant("onnx-f32", b"o" * 100, "onnx", {}, meta)]
     )
-    fleet = FleetStore(w.db, "lab")
-    for d, tags in (("d1", ["north"]), ("d2", ["north"]), ("d3", ["south"])):
-        fleet.apply_state(
-            json.loads(
-                state_message(
-                    fleet="lab",
-                    device=d,
-                    online=True,
-                    boot="b",
-                    ts=0.0,
-                    hardware="rpi4",
-                    runtimes=["onnxruntime"],
-                    accepted_seq=1,
-                    model=None,
-                    previous=None,
-                    tags=tags,
-                )
-            )
-        )
+    apply_states(w.db, "lab", {"d1": ["north"], "d2": ["north"], "d3": ["south"]})
     yield w, mv, baseline, rng
     w.close()
 
 
 def _window(baseline, rng, n=300, shift=0.0):
-    ws = WindowStats(baseline)
-    X = rng.normal(size=(n, 3))
-    X[:, 1] += shift
-    for x, o in zip(X, _outputs(X), strict=True):
-        ws.update(x, o, latency_ms=0.4)
-    return ws.window()
+    return model_window(baseline, _outputs, rng, n, shift, column=1, latency_ms=0.4)
 
 
 def _store(w, mv, device, seq, stats, t):
     def write(s):
-        s.add(
-            TelemetryWindow(
-                fleet="lab",
-                device_id=device,
-                boot="b",
-                seq=seq,
-                model_ref=mv.ref,
-                variant="onnx-f32",
-                sha256="0" * 64,
-                start=t - 60,
-                end=t,
-                count=stats["count"],
-                stats=stats,
-            )
-        )
+        s.add(stored_window("lab", device, seq, mv.ref, "onnx-f32", stats, t - 60, t))
 
     w.db.write(write)
 

@@ -17,22 +17,15 @@ from edgeops.pipeline import parse_pipeline
 from edgeops.pipeline.run import run_pipeline
 from edgeops.retrain import Trigger, check_triggers, decisions, parse_policy, retrain, set_policy
 from edgeops.retrain.run import holdout_ids
+from pipeline_kit import har_pipeline, wrist_features
 
 LENGTH = 16
-FEATURES = {
-    "name": "wrist",
-    "inputs": [{"name": a, "kind": "window", "length": LENGTH} for a in ("ax", "ay", "az")],
-    "steps": [*({"op": "window_stats", "input": a} for a in ("ax", "ay", "az")), {"op": "scale"}],
-}
-PIPELINE = {
-    "name": "har",
-    "data": "sensors@1",
-    "label": "label",
-    "features": "wrist@1",
-    "model": {"kind": "logistic_regression", "params": {"max_iter": 500}, "seed": 0},
-    "export": ["onnx-f32"],
-    "alias": "production",
-}
+FEATURES = wrist_features(LENGTH)
+PIPELINE = har_pipeline(
+    {"kind": "logistic_regression", "params": {"max_iter": 500}, "seed": 0},
+    ["onnx-f32"],
+    alias="production",
+)
 
 
 def test_policy_defaults_and_every_field():

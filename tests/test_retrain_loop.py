@@ -16,22 +16,15 @@ from edgeops.pipeline import parse_pipeline
 from edgeops.pipeline.run import run_pipeline
 from edgeops.retrain import decisions, set_policy
 from edgeops.retrain.policy import ALERT_GROUPS
+from pipeline_kit import har_pipeline, wrist_features
 
 LENGTH = 32
-FEATURES = {
-    "name": "wrist",
-    "inputs": [{"name": a, "kind": "window", "length": LENGTH} for a in ("ax", "ay", "az")],
-    "steps": [*({"op": "window_stats", "input": a} for a in ("ax", "ay", "az")), {"op": "scale"}],
-}
-PIPELINE = {
-    "name": "har",
-    "data": "sensors@1",
-    "label": "label",
-    "features": "wrist@1",
-    "model": {"kind": "mlp", "params": {"hidden_layer_sizes": [16], "max_iter": 500}, "seed": 0},
-    "export": ["onnx-int8"],
-    "alias": "production",
-}
+FEATURES = wrist_features(LENGTH)
+PIPELINE = har_pipeline(
+    {"kind": "mlp", "params": {"hidden_layer_sizes": [16], "max_iter": 500}, "seed": 0},
+    ["onnx-int8"],
+    alias="production",
+)
 SOUTH_DRIFT = {"gain": {"ax": 2.5}}  # a sensor gain error on the south devices
 N = 6
 

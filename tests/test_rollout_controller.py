@@ -4,7 +4,6 @@ records, how it resumes. The real broker and agents are in test_rollout_e2e.py."
 from __future__ import annotations
 
 import json
-import queue
 
 import pytest
 
@@ -16,32 +15,7 @@ from edgeops.registry import NewVariant
 from edgeops_protocol.manifest import DeviceFacts, check_manifest, key_id, verify_envelope
 from edgeops_protocol.messages import event_message, state_message
 from edgeops_protocol.topics import device_topic
-
-
-class FakeClient:
-    """Records publishes; device messages are put on ``messages`` by the test."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes, bool]] = []
-        self.messages: queue.Queue[Message] = queue.Queue()
-        self.subscriptions: list[str] = []
-
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        self.subscriptions.append(topic)
-
-    def publish_all(self, items, timeout: float = 60.0) -> None:
-        self.published.extend(items)
-
-    def drain(self, timeout: float):
-        while True:
-            try:
-                yield self.messages.get_nowait()
-            except queue.Empty:
-                return
-
-    def desired(self, device: str) -> dict:
-        topic = device_topic("lab", device, "desired")
-        return json.loads([p for t, p, _ in self.published if t == topic][-1])
+from rollout_kit import FakeClient
 
 
 class Clock:

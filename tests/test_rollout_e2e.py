@@ -12,23 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edgeops import Workspace
-from edgeops.datasets import sensor_windows, write_table
 from edgeops.fleet.controller import RolloutController, RolloutOptions
 from edgeops.fleet.deploy import ManifestOptions
 from edgeops.fleet.keys import generate_key
 from edgeops.mqtt import MqttClient
-from edgeops.pipeline import parse_pipeline
-from edgeops.pipeline.run import run_pipeline
+from pipeline_kit import trained_workspace
 from test_agent_kit import wait_until as _wait_until
-
-STATS = {
-    "name": "wrist",
-    "inputs": [{"name": a, "kind": "window", "length": 64} for a in ("ax", "ay", "az")],
-    "steps": [*({"op": "window_stats", "input": a} for a in ("ax", "ay", "az")), {"op": "scale"}],
-}
 
 
 def wait_until(cond, timeout=60.0, what="condition"):
@@ -38,24 +29,12 @@ def wait_until(cond, timeout=60.0, what="condition"):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A workspace with two versions of a small model, each with ONNX variants."""
-    home = tmp_path_factory.mktemp("fleetws")
-    ws, _ = Workspace.init(home)
-    write_table(sensor_windows(n_per_class=60, seed=5), home / "s.csv")
-    ws.data.add(home / "s.csv", "sensors")
-    ws.features.add(STATS)
-    for seed in (0, 1):
-        doc = {
-            "name": "har",
-            "data": "sensors@1",
-            "label": "label",
-            "features": "wrist@1",
-            "model": {"kind": "mlp", "params": {"hidden_layer_sizes": [16]}, "seed": seed},
-            "export": ["onnx-f32", "onnx-int8"],
-        }
-        text = yaml.safe_dump(doc)
-        assert run_pipeline(ws, parse_pipeline(doc, text)).status == "registered"
-    ws.close()
-    return home
+    return trained_workspace(
+        tmp_path_factory.mktemp("fleetws"),
+        "mlp",
+        {"hidden_layer_sizes": [16]},
+        ["onnx-f32", "onnx-int8"],
+    )
 
 
 @pytest.fixture

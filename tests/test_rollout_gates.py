@@ -8,20 +8,18 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from edgeops import Workspace
-from edgeops.datasets import sensor_windows, write_table
+from edgeops.datasets import sensor_windows
 from edgeops.errors import InvalidInput
 from edgeops.fleet.controller import RolloutController, RolloutOptions
 from edgeops.fleet.keys import generate_key
 from edgeops.monitoring.drift import drift_report
 from edgeops.monitoring.gates import Gate, QualityGates, judge, mean_confidence, measure
 from edgeops.mqtt import MqttClient
-from edgeops.pipeline import parse_pipeline
-from edgeops.pipeline.run import run_pipeline
 from edgeops_protocol.baseline import baseline_profile
 from edgeops_protocol.stats import WindowStats, merge_windows
+from pipeline_kit import trained_workspace
 
 FEATURES = ["a", "b"]
 LABELS = ["x", "y"]
@@ -110,34 +108,19 @@ def test_judge_waits_for_enough_predictions_then_fails_on_drift_or_passes():
 
 # --- end to end -------------------------------------------------------------------------
 
-STATS = {
-    "name": "wrist",
-    "inputs": [{"name": a, "kind": "window", "length": 32} for a in ("ax", "ay", "az")],
-    "steps": [*({"op": "window_stats", "input": a} for a in ("ax", "ay", "az")), {"op": "scale"}],
-}
 N_AGENTS = 6
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    home = tmp_path_factory.mktemp("gatesws")
-    ws, _ = Workspace.init(home)
-    write_table(sensor_windows(n_per_class=80, length=32, seed=5), home / "s.csv")
-    ws.data.add(home / "s.csv", "sensors")
-    ws.features.add(STATS)
-    for seed in (0, 1):
-        doc = {
-            "name": "har",
-            "data": "sensors@1",
-            "label": "label",
-            "features": "wrist@1",
-            "model": {"kind": "mlp", "params": {"hidden_layer_sizes": [8]}, "seed": seed},
-            "export": ["onnx-f32"],
-        }
-        text = yaml.safe_dump(doc)
-        assert run_pipeline(ws, parse_pipeline(doc, text)).status == "registered"
-    ws.close()
-    return home
+    return trained_workspace(
+        tmp_path_factory.mktemp("gatesws"),
+        "mlp",
+        {"hidden_layer_sizes": [8]},
+        ["onnx-f32"],
+        n_per_class=80,
+        length=32,
+    )
 
 
 def _rows(seed: int, drift: dict | None) -> list[dict]:

@@ -9,71 +9,28 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeops.fleet.store import FleetStore
 from edgeops.monitoring.service import MonitoringService
 from edgeops.monitoring.skew import wilson_interval
-from edgeops.registry import NewVariant
-from edgeops.store.schema import Sample, TelemetryWindow
-from edgeops_protocol.baseline import baseline_profile
-from edgeops_protocol.messages import state_message
-from edgeops_protocol.stats import WindowStats
+from edgeops.store.schema import Sample
+from telemetry_kit import FLOAT_LABELS as LABELS
+from telemetry_kit import apply_states, model_window, register_float_model, stored_window
 
-FEATURES = ["a", "b", "c"]
-LABELS = ["x", "y"]
 TAGS = {"d1": ["north"], "d2": ["north"], "d3": ["south"]}
 WINDOW_DEVICES = [*(f"w{j}" for j in range(1, 10)), "odd"]
 
 
-def _model():
-    """Logistic regression on a seeded dataset: the label depends on a and b, not on c."""
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(1000, 3))
-    y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.normal(size=1000) > 0).astype(int)
-    return LogisticRegression().fit(X, y), X
-
-
 def _register(ws):
-    from edgeops.model_io import save_sklearn
-
-    model, X = _model()
-    baseline = baseline_profile(X, model.predict_proba(X), FEATURES, LABELS)
-    meta = {"baseline": baseline, "labels": LABELS, "feature_names": FEATURES}
-    mv = ws.registry.register(
-        "m",
-        save_sklearn(model),
-        "skops",
-        metrics={"accuracy": 0.9},
-        labels=LABELS,
-        variants=[
-            NewVariant("onnx-f32", b"o" * 100, "onnx", {"accuracy": 0.88, "agreement": 1.0}, meta),
-            NewVariant("tflite-int8", b"\0\0\0\0TFL3" * 10, "tflite", {}, meta),
+    return register_float_model(
+        ws,
+        [
+            ("onnx-f32", b"o" * 100, "onnx", {"accuracy": 0.88, "agreement": 1.0}),
+            ("tflite-int8", b"\0\0\0\0TFL3" * 10, "tflite", {}),
         ],
     )
-    return mv, model, baseline
 
 
 def _devices(ws, devices):
-    fleet = FleetStore(ws.db, ws.settings.fleet)
-    for d in devices:
-        fleet.apply_state(
-            json.loads(
-                state_message(
-                    fleet=ws.settings.fleet,
-                    device=d,
-                    online=True,
-                    boot="b",
-                    ts=0.0,
-                    hardware="rpi4",
-                    runtimes=["onnxruntime"],
-                    accepted_seq=1,
-                    model=None,
-                    previous=None,
-                    tags=TAGS.get(d, ["windows"]),
-                )
-            )
-        )
+    apply_states(ws.db, ws.settings.fleet, {d: TAGS.get(d, ["windows"]) for d in devices})
 
 
 def _add_samples(ws, mv, rows):
@@ -104,27 +61,9 @@ def _add_windows(ws, mv, baseline, model, device, shift=0.0, windows=2, n=250, s
 
     def write(s):
         for seq in range(1, windows + 1):
-            stats = WindowStats(baseline)
-            X = rng.normal(size=(n, 3))
-            X[:, 2] += shift
-            for x, o in zip(X, model.predict_proba(X), strict=True):
-                stats.update(x, o, latency_ms=0.5)
-            w = stats.window()
-            s.add(
-                TelemetryWindow(
-                    fleet=ws.settings.fleet,
-                    device_id=device,
-                    boot="b",
-                    seq=seq,
-                    model_ref=mv.ref,
-                    variant="onnx-f32",
-                    sha256="0" * 64,
-                    start=1000.0 + 60 * seq,
-                    end=1060.0 + 60 * seq,
-                    count=w["count"],
-                    stats=w,
-                )
-            )
+            w = model_window(baseline, model.predict_proba, rng, n, shift)
+            start, end = 1000.0 + 60 * seq, 1060.0 + 60 * seq
+            s.add(stored_window(ws.settings.fleet, device, seq, mv.ref, "onnx-f32", w, start, end))
 
     ws.db.write(write)
 

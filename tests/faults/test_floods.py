@@ -28,6 +28,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeops.dashboard.sample_data import telemetry_doc
 from edgeops.fleet.store import FleetStore
 from edgeops.monitoring.collector import Collector, CollectorOptions
 from edgeops.monitoring.ingest import Ingestor
@@ -57,20 +58,9 @@ def _model_ref() -> dict:
 
 
 def _window(fleet: str, device: str, seq: int, stats: dict, boot: str = "b0") -> bytes:
-    return json.dumps(
-        {
-            "protocol": 1,
-            "type": "telemetry",
-            "fleet": fleet,
-            "device": device,
-            "boot": boot,
-            "seq": seq,
-            "start": 1_795_760_000.0 + seq,
-            "end": 1_795_760_001.0 + seq,
-            "model": _model_ref(),
-            "stats": stats,
-        }
-    ).encode()
+    start, end = 1_795_760_000.0 + seq, 1_795_760_001.0 + seq
+    msg = telemetry_doc(fleet, device, seq, _model_ref(), stats, start, end, boot=boot)
+    return json.dumps(msg).encode()
 
 
 def _topic(fleet: str, device: str, kind: str = "telemetry") -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "sample_message",
     "serving",
     "state",
+    "telemetry_doc",
     "telemetry_message",
     "window_stats",
 ]
@@ -205,6 +206,31 @@ def state(
     return device_topic(fleet, device, "state"), payload
 
 
+def telemetry_doc(
+    fleet: str,
+    device: str,
+    seq: int,
+    model: dict[str, Any],
+    stats: dict[str, Any],
+    start: float,
+    end: float,
+    boot: str = BOOT,
+) -> dict[str, Any]:
+    """The telemetry message of one window, before it is encoded."""
+    return {
+        "protocol": 1,
+        "type": "telemetry",
+        "fleet": fleet,
+        "device": device,
+        "boot": boot,
+        "seq": seq,
+        "start": start,
+        "end": end,
+        "model": model,
+        "stats": stats,
+    }
+
+
 def telemetry_message(
     fleet: str,
     device: str,
@@ -214,18 +240,7 @@ def telemetry_message(
     start: float,
     end: float,
 ) -> tuple[str, bytes]:
-    msg = {
-        "protocol": 1,
-        "type": "telemetry",
-        "fleet": fleet,
-        "device": device,
-        "boot": BOOT,
-        "seq": seq,
-        "start": start,
-        "end": end,
-        "model": model,
-        "stats": stats,
-    }
+    msg = telemetry_doc(fleet, device, seq, model, stats, start, end)
     return device_topic(fleet, device, "telemetry"), json.dumps(msg).encode()
 
 
