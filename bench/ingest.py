@@ -4,6 +4,7 @@ Usage::
 
     python bench/ingest.py [--windows 20000] [--devices 100] [--publishers 2]
                            [--pg URL | --no-pg] [--repeats 1] [--json OUT] [--check]
+                           [--modes backlog,live] [--parts]
 
 Everything runs on this machine, on loopback: the benchmark starts its own
 Mosquitto on a free port (the test suite's settings), registers a model whose
@@ -36,6 +37,11 @@ checks that exactly ``--windows`` rows are stored. Targets (from the issue):
 SQLite rate / bare rate >= 0.5, per mode; PostgreSQL is reported. The exit
 status is 0 whatever the numbers; with ``--check`` it is 1 when a target is
 missed. Results are in docs/benchmarks.md.
+
+``--parts`` also measures where one collector's CPU goes, per window, with thread
+clocks in this process (:func:`parts`): parsing and storing batches alone, then the
+collector's network thread, batching, parsing, storing and acknowledging while it
+drains a backlog (with ``--modes ""``, only that).
 """
 
 from __future__ import annotations
@@ -435,6 +441,101 @@ def measure(
     return out
 
 
+# --- where the collector's time goes (--parts) -------------------------------------------------
+def parts(kind: str, broker: Broker, args: argparse.Namespace, setup: dict[str, Any]) -> dict:
+    """CPU µs per window of one collector, measured in this process with thread clocks:
+    ``prepare`` and ``store`` alone on the batches (no MQTT), then the real collector
+    draining a backlog: ``paho`` (its network thread), ``take`` (batching from the queue),
+    ``prepare`` (parse and validate), ``store`` (database, commit included), ``acks``
+    (the writer's MQTT acknowledgements and ack messages)."""
+    import gc
+
+    from edgeops.monitoring.collector import Collector, CollectorOptions, tune_gc
+    from edgeops.monitoring.ingest import Ingestor
+
+    ws, n, bs = setup["ws"], args.windows, args.batch_size
+    clock: dict[str, float] = {"prepare": 0.0, "store": 0.0, "writer": 0.0}
+
+    class Timed(Collector):
+        def _prepare(self, batch: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return super()._prepare(batch)
+            finally:
+                clock["prepare"] += time.thread_time() - t
+
+        def _store(self, batch: Any, prepared: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return super()._store(batch, prepared)
+            finally:
+                clock["store"] += time.thread_time() - t
+
+        def _writer(self, *a: Any) -> None:
+            try:
+                super()._writer(*a)
+            finally:
+                clock["writer"] = time.thread_time()  # the thread's whole CPU time
+
+    out: dict[str, float] = {}
+    tune_gc()  # as `edgeops collector` does
+    try:
+        fleet = f"p{uuid.uuid4().hex[:8]}"
+        msgs = make_messages(fleet, args.devices, n, register(ws, fleet, args.devices,
+                             setup["base"]), setup["stats"])  # fmt: skip
+        ing = Ingestor(ws.db, fleet)
+        for i in range(0, n, bs):
+            t0 = time.thread_time()
+            prepared = ing.prepare(msgs[i : i + bs])
+            t1 = time.thread_time()
+            ing.store(prepared)
+            out["alone_prepare"] = out.get("alone_prepare", 0.0) + t1 - t0
+            out["alone_store"] = out.get("alone_store", 0.0) + time.thread_time() - t1
+
+        fleet = f"p{uuid.uuid4().hex[:8]}"
+        msgs = make_messages(fleet, args.devices, n, register(ws, fleet, args.devices,
+                             setup["base"]), setup["stats"])  # fmt: skip
+        opts = CollectorOptions(
+            client_id=f"bench-parts-{fleet}", batch_size=bs, receive_maximum=RECEIVE_MAXIMUM
+        )
+        c = Timed(Ingestor(ws.db, fleet), broker.url, opts)
+        c.start()  # the session, so that the broker keeps the backlog for it
+        c.close()
+        join = publish_all(broker, msgs, args.publishers)[1]
+        join()
+        done, handled = threading.Event(), [0]
+
+        def on_batch(res: Any) -> None:
+            handled[0] += res.accepted["telemetry"] + sum(res.rejected.values())
+            if handled[0] >= n:
+                done.set()
+
+        c = Timed(Ingestor(ws.db, fleet), broker.url, opts)
+        cpu0, main0 = time.process_time(), time.thread_time()
+        c.start()
+        c.run(until=done.is_set, on_batch=on_batch, report_every=1e9)
+        cpu, main = time.process_time() - cpu0, time.thread_time() - main0
+        c.close()
+        out.update(
+            collector=cpu,
+            paho=cpu - main - clock["writer"],
+            take=main - clock["prepare"],
+            prepare=clock["prepare"],
+            store=clock["store"],
+            acks=clock["writer"] - clock["store"],
+        )
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    out = {k: v / n * 1e6 for k, v in out.items()}
+    print(
+        f"parts    {kind:10s} alone: prepare {out['alone_prepare']:.0f} + store "
+        f"{out['alone_store']:.0f} us/window; collector {out['collector']:.0f} us/window = "
+        + ", ".join(f"{k} {out[k]:.0f}" for k in ("paho", "take", "prepare", "store", "acks"))
+    )
+    return {"consumer": kind, "mode": "parts", "cpu_us_per_window": out}
+
+
 # --- report -----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     cpu = ""
@@ -503,6 +604,11 @@ def run_all(args: argparse.Namespace, modes: list[str], root: Path) -> list[dict
                         f"{mode:8s} {kind:10s} {r['rate']:7.0f} msg/s ({r['seconds']:.2f} s), "
                         f"{r['cpu_us_per_message']:4.0f} us CPU/msg" + extra
                     )
+        if args.parts:
+            for _ in range(args.repeats):
+                for kind in setups:
+                    if kind != "bare":
+                        results.append(parts(kind, broker, args, setups[kind]))
         return results
     finally:
         for setup in setups.values():
@@ -571,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--parts", action="store_true", help="also: where a collector's CPU goes, per thread"
+    )
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.procs = [int(n) for n in args.collector_procs.split(",")]

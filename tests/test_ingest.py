@@ -3,19 +3,28 @@ labels and accuracy, on SQLite and PostgreSQL (the ``ws`` fixture)."""
 
 from __future__ import annotations
 
+import copy
 import json
+from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from conftest import store_snapshot
 from edgeops.errors import InvalidInput, NotFound
 from edgeops.fleet.store import FleetStore
+from edgeops.monitoring import validate
 from edgeops.monitoring.ingest import Ingestor
-from edgeops.monitoring.store import MonitoringStore
+from edgeops.monitoring.store import MonitoringStore, check_label
 from edgeops.monitoring.validate import (
     REASONS,
     Rejected,
+    WindowBatch,
+    _fast_telemetry,
+    _strict_telemetry,
     check_window,
     parse_label,
     parse_sample,
@@ -108,6 +117,7 @@ BAD_WINDOWS = [
     (lambda m: m.__setitem__("end", m["start"] - 1), "malformed"),
     (lambda m: m["stats"].__setitem__("features", [[0]] * 5000), "malformed"),
     (lambda m: m["stats"]["feature_non_finite"].pop(), "wrong_bins"),
+    (lambda m: m["stats"]["features"][0].__setitem__(slice(0, 2), [-1, None]), "malformed"),
 ]
 STRICTER_HERE = [  # refused here, let through by edgeops_protocol.messages (the registry
     (lambda m: m["model"].__setitem__("sha256", "XYZ"), "malformed"),  # would not match)
@@ -347,3 +357,240 @@ def test_events_are_recorded_once_by_collector_and_controller_alike(fx):
     assert ing.ingest([(msg[0], event_message(**{**ev, "device": "ghost"}))]).rejected == {
         "wrong_device_topic": 1}  # fmt: skip
     assert len(fleet.events(rollout="r-1")) == 2
+
+
+# --- the fast paths give the strict verdicts (issue #5: ingest speed) ---------------------------
+
+TRICKY = [
+    -1, 0, 1, 7, 2**53, 2**53 + 1, 2**63, 2**64 - 1, 2**64, 10**400, -(10**400), 0.0, 1.5, -0.0,
+    1e308, True, False, None, "3", "", "b0\n", [], [0], [[0]], {}, {"a": 1},
+]  # fmt: skip
+
+
+def _verdict(fn, *args):
+    try:
+        return fn(*args)
+    except Rejected as exc:
+        return exc.reason
+
+
+def _paths(msg) -> list[tuple]:
+    """Every place of a window a value can be changed at: (container path, key or index)."""
+    out: list[tuple] = [((), k) for k in msg] + [(("model",), k) for k in msg["model"]]
+    stats = msg["stats"]
+    for k, v in stats.items():
+        out.append((("stats",), k))
+        if isinstance(v, list):
+            out += [(("stats", k), i) for i in range(len(v))]
+    for j, h in enumerate(stats["features"]):
+        out += [(("stats", "features", j), i) for i in range(len(h))]
+    return out
+
+
+def _find(msg, path, key):
+    """The container at ``path`` if it still holds ``key`` (earlier changes may have
+    removed or replaced what was there), else None."""
+    node = msg
+    for k in (*path, key):
+        if (isinstance(node, dict) and k in node) or (
+            isinstance(node, list) and type(k) is int and k < len(node)
+        ):
+            parent, node = node, node[k]
+        else:
+            return None
+    return parent
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_fast_window_parser_gives_the_strict_verdict(data):
+    """_fast_telemetry either gives up (None) or returns exactly what the strict parser
+    returns; so parse_telemetry, which falls back on the strict parser, has its verdicts."""
+    msg = _some_window()
+    paths = _paths(msg)
+    for _ in range(data.draw(st.integers(0, 3))):
+        where, key = data.draw(st.sampled_from(paths))
+        action = data.draw(st.sampled_from(["set", "delete", "append", "add"]))
+        target = _find(msg, where, key)
+        if target is None:
+            continue
+        value = copy.deepcopy(data.draw(st.sampled_from(TRICKY)))
+        if action == "set":
+            target[key] = value
+        elif action == "delete":
+            del target[key]
+        elif action == "append" and isinstance(target[key], list):
+            target[key].append(value)
+        elif action == "add" and type(target[key]) is int:
+            target[key] += data.draw(st.sampled_from([1, 5, 1000, -1]))
+    payload = json.dumps(msg).encode()
+    strict = _verdict(_strict_telemetry, payload)
+    assert _verdict(parse_telemetry, payload) == strict
+    try:
+        obj = validate.loads(payload)
+    except ValueError:
+        return
+    if isinstance(obj, dict):
+        fast = _fast_telemetry(obj, payload)
+        assert fast is None or fast == strict, (fast, strict)
+
+
+def test_the_fast_paths_take_a_plain_window():
+    """...and they are taken: a well-formed window never needs the strict parser."""
+    payload = json.dumps(_some_window()).encode()
+    fast = _fast_telemetry(validate.loads(payload), payload)
+    assert fast is not None and fast == _strict_telemetry(payload)
+    assert [type(fast[k]) for k in ("start", "end")] == [float, float]
+    assert list(fast["stats"]) == list(_strict_telemetry(payload)["stats"])  # same key order
+
+
+_PREPARER: dict[str, Ingestor] = {}
+
+
+def _batch_case(data, i: int) -> tuple[str, bytes]:
+    """A window of d1/d2 with, often, one change that only a check of the whole batch or
+    the topic sees: a histogram counting more than ``count``, an empty or a huge one."""
+    msg = _some_window()
+    msg["seq"] = i + 1
+    st_ = msg["stats"]
+    change = data.draw(st.sampled_from(["none", "over", "over_nf", "empty", "huge", "layout",
+                                        "topic", "over_topic", "bool", "float"]))  # fmt: skip
+    j = data.draw(st.integers(0, len(st_["features"]) - 1))
+    if change in ("over", "over_topic"):
+        st_["features"][j][1] += st_["count"] + 1 - sum(st_["features"][j])
+    elif change == "over_nf":
+        st_["feature_non_finite"][j] += st_["count"] + 1 - sum(st_["features"][j])
+    elif change == "empty":
+        st_["features"][j] = []
+    elif change == "huge":
+        st_["features"][j][0] = data.draw(st.sampled_from([2**60, 2**64 - 1]))
+    elif change == "layout":
+        st_["features"][j].append(0)
+    elif change == "bool":
+        st_["features"][j][0] = True
+    elif change == "float":
+        st_["features"][j][0] = 1.0
+    device = "d2" if change in ("topic", "over_topic") else "d1"
+    return device_topic(FLEET, device, "telemetry"), json.dumps(msg).encode()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_batch_is_judged_as_its_windows_one_by_one(tmp_path_factory, data):
+    """Ingestor.prepare checks the feature sums of a whole batch at once (WindowBatch);
+    what it accepts and rejects, and why, is what parsing each window alone gives."""
+    from edgeops.store import Database
+
+    if "ing" not in _PREPARER:  # prepare() needs no database; one for every example
+        folder = tmp_path_factory.mktemp("batch")
+        _PREPARER["ing"] = Ingestor(Database(f"sqlite:///{folder / 'x.db'}"), FLEET)
+    ing = _PREPARER["ing"]
+    n = data.draw(st.integers(1, 12))
+    msgs = [_batch_case(data, i) for i in range(n)]
+    batch = ing.prepare(msgs)
+    want_ok, want_rejected = [], Counter()
+    for topic, payload in msgs:
+        try:
+            kind, msg, ticket = ing._parse(topic, payload)
+        except Rejected as exc:
+            want_rejected[exc.reason] += 1
+            continue
+        assert kind == "telemetry" and ticket is None
+        want_ok.append((topic, msg))
+    assert batch.parsed["telemetry"] == want_ok
+    assert batch.rejected.rejected == want_rejected
+
+
+def test_window_batch_sums_every_layout_and_falls_back_on_huge_counts():
+    base = make_baseline()
+    model = {"name": "h", "version": 1, "variant": "v", "sha256": "a" * 64}
+    big = make_baseline(n_features=5, bins=6)
+    msgs = [window(FLEET, "d1", s, model, base) for s in range(1, 5)]
+    msgs += [window(FLEET, "d1", s, model, big) for s in range(5, 8)]
+    msgs[1]["stats"]["features"][2][0] += 1  # one over, in each layout
+    msgs[5]["stats"]["feature_non_finite"][4] += 1
+    batch = WindowBatch()
+    tickets = [parse_telemetry(json.dumps(m).encode(), None, batch)["_ticket"] for m in msgs]
+    assert batch.failed() == {tickets[1], tickets[5]}
+    huge = window(FLEET, "d1", 9, model, base)
+    huge["stats"]["features"][0][0] = 2**63  # uint64 sums could wrap: added up in Python
+    for m in (msgs[0], msgs[1], huge):
+        parse_telemetry(json.dumps(m).encode(), None, batch)
+    assert len(batch.failed()) == 2
+    assert batch.failed() == set()  # (emptied)
+
+
+# --- rules the strict parser enforces now ----------------------------------------------------
+
+
+def test_protocol_true_or_a_float_is_not_protocol_1():
+    """As edgeops_protocol.messages.decode: JSON true and 1.0 compare equal to 1 in Python."""
+    for version in (True, 1.0):
+        msg = _some_window() | {"protocol": version}
+        with pytest.raises(Rejected, match="malformed"):
+            parse_telemetry(json.dumps(msg).encode())
+    _, payload = label(FLEET, "d1", "d1/b0/4", "run")
+    with pytest.raises(Rejected, match="malformed"):
+        parse_label(json.dumps(json.loads(payload) | {"protocol": True}).encode())
+
+
+def test_a_final_newline_is_not_printable_and_huge_numbers_are_malformed():
+    for change in (
+        lambda m: m.__setitem__("boot", "b0\n"),
+        lambda m: m["model"].__setitem__("sha256", "a" * 64 + "\n"),
+        lambda m: m["model"].__setitem__("name", "h\n"),
+        lambda m: m.__setitem__("start", 10**400),  # float() would overflow
+        lambda m: m["stats"].__setitem__("latency_sum_ms", 10**400),
+    ):
+        msg = _some_window()
+        change(msg)
+        with pytest.raises(Rejected) as exc:
+            parse_telemetry(json.dumps(msg).encode())
+        assert exc.value.reason == "malformed"
+    with pytest.raises(InvalidInput):
+        check_label("walk\n")
+
+
+# --- storing: atomic batches, what is stored ----------------------------------------------------
+
+
+def test_a_batch_that_fails_before_its_commit_stores_nothing(fx, monkeypatch):
+    ws, ing, store = fx["ws"], fx["ing"], fx["store"]
+    ing.ingest([telemetry(m) for m in _windows(fx, seqs=range(1, 4))])
+    before, snapshot = _stored(ws), store_snapshot(ws)
+    msgs = [telemetry(m) for m in _windows(fx, seqs=range(4, 9))] + [(
+        device_topic(FLEET, "d1", "telemetry"), b"{not json")]  # fmt: skip
+
+    def boom(*args):
+        raise RuntimeError("crash after the windows' INSERT, before the commit")
+
+    monkeypatch.setattr(ing, "_count", boom)  # runs after the windows are inserted
+    with pytest.raises(RuntimeError):
+        ing.ingest(msgs)
+    assert _stored(ws) == before and store_snapshot(ws) == snapshot
+    monkeypatch.undo()
+    res = ing.ingest(msgs)  # redelivered: all of it, once
+    assert res.accepted == {"telemetry": 5} and res.rejected == {"malformed": 1}
+    assert store.window_count() == 8 and store.counters() == {"malformed": 1}
+
+
+def test_stored_windows_keep_their_values(fx):
+    ws, ing = fx["ws"], fx["ing"]
+    msgs = _windows(fx, seqs=[7])
+    ing.ingest([telemetry(m) for m in msgs])
+    with ws.db.session() as s:
+        row = s.execute(select(TelemetryWindow)).scalar_one()
+        assert (row.fleet, row.device_id, row.boot, row.seq) == (FLEET, "d1", "b0", 7)
+        assert (row.start, row.end, row.count) == (msgs[0]["start"], msgs[0]["end"], 20)
+        assert row.stats == msgs[0]["stats"] and row.model_ref == "har@1"
+        assert row.received_at.tzinfo is not None
+        assert abs((datetime.now(timezone.utc) - row.received_at).total_seconds()) < 600
+
+
+def test_a_new_sqlite_store_has_16_kib_pages(tmp_path):
+    from edgeops.store import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'new.db'}")
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 16384
+    db.close()

@@ -83,7 +83,7 @@ def test_topics_round_trip_and_refuse_wildcards():
     sha = "a" * 64
     assert parse_chunk_topic(chunk_topic("lab", sha, 12)) == ("lab", sha, 12)
     assert chunk_filter("lab", sha) == f"edgeops/lab/artifacts/{sha}/+"
-    for bad in ("a/b", "+", "#", "", "x" * 65, "-lead"):
+    for bad in ("a/b", "+", "#", "", "x" * 65, "-lead", "pi-1\n"):
         with pytest.raises(ProtocolError):
             device_topic("lab", bad, "state")
     with pytest.raises(ProtocolError):

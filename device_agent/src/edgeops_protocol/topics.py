@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 ROOT = "edgeops"
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" would let a trailing newline in
+SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # "ack": the collector's acknowledgements of stored windows and samples (server -> device)
 DEVICE_KINDS = ("state", "desired", "events", "telemetry", "samples", "labels", "ack")
 

@@ -27,7 +27,7 @@ over TCP), at most two parsed batches wait for the writer, and the broker sends 
 most ``receive_maximum`` unacknowledged messages (MQTT 5; Mosquitto 2.0 does not hold
 to it strictly).
 
-One process stores 8,000-9,000 windows a second on one core of the benchmark
+One process stores 9,000-9,600 windows a second on one core of the benchmark
 machine (bench/ingest.py, docs/benchmarks.md); run one collector per core, each
 with its own client id, to use more.
 

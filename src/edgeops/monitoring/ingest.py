@@ -29,6 +29,8 @@ number.
 from __future__ import annotations
 
 import logging
+import re
+import sqlite3
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
@@ -37,7 +39,7 @@ from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Text, bindparam, cast, func, select
+from sqlalchemy import JSON, Float, Text, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from edgeops_protocol.messages import parse_event, parse_state
@@ -59,6 +61,7 @@ from .validate import (
     MAX_BYTES,
     Rejected,
     Shape,
+    WindowBatch,
     check_sample,
     check_window,
     dumps,
@@ -74,6 +77,44 @@ log = logging.getLogger("edgeops.collector")
 
 REORDER_WINDOW = 100_000  # windows; far more than an outbox holds (docs/protocol.md)
 _NEGATIVE_TTL = 5.0  # seconds an unknown device or model stays cached as unknown
+_PARSERS = {"samples": parse_sample, "labels": parse_label}
+_NAMED_PARAM = re.compile(r"%\((\w+)\)s")  # psycopg's named parameters, in compiled SQL
+# the columns of a stored window and sample, in the order their rows are built
+_WINDOW_COLS = (
+    "device_id", "boot", "seq", "model_ref", "variant", "sha256", "start", "end", "count", "stats",
+)  # fmt: skip
+_SAMPLE_COLS = (
+    "device_id", "sample_id", "model_ref", "variant", "ts", "input", "features", "outputs",
+    "predicted",
+)  # fmt: skip
+
+
+@dataclass
+class _Insert:
+    """A compiled ``INSERT … ON CONFLICT DO NOTHING`` of one table's columns."""
+
+    sql: str  # one row, positional parameters
+    pick: Callable[[tuple], tuple] | None  # row (cols, then const) -> parameters' order
+    procs: dict[str, Callable[[Any], Any]]  # bind processors, by column
+    adapt: Callable[[Any], Any]  # a shared value as the driver would send it
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sqlite_adapter(value: Any) -> Any:
+    """What :mod:`sqlite3` would store for ``value``, computed once for a batch's shared
+    value (e.g. a ``datetime``: its registered adapter) rather than once per row."""
+    adapt = sqlite3.adapters.get((type(value), sqlite3.PrepareProtocol))
+    return adapt(value) if adapt is not None else value
+
+
+def _apply(row: tuple, idx: list[tuple[int, Callable[[Any], Any]]]) -> list[Any]:
+    out = list(row)
+    for i, proc in idx:
+        out[i] = proc(out[i])
+    return out
 
 
 class _LRU:
@@ -163,7 +204,9 @@ class Ingestor:
         self._devices = _LRU(cache_size * 16)  # device id -> True, or expiry time if unknown
         self._shapes = _LRU(cache_size)  # (name, version, variant) -> Shape or expiry time
         self._newest = _LRU(cache_size * 16)  # (device, boot) -> newest stored seq
-        self._topics = _LRU(cache_size * 16)  # topic -> (fleet, device, kind), if valid
+        self._topics: dict[str, tuple[str, str, str]] = {}  # topic -> its parts, if valid
+        self._topics_max = cache_size * 16  # (a pure function: emptied when full)
+        self._inserts: dict[tuple, _Insert] = {}  # compiled INSERTs (see _insert_new)
         self._log = _Limiter(clock=clock)
 
     # --- the batch -------------------------------------------------------------------
@@ -175,14 +218,29 @@ class Ingestor:
         """The pure half of :meth:`ingest`: parse and validate, no database. The collector
         prepares the next batch while the previous one is being written."""
         batch = Prepared()
+        windows = WindowBatch()  # adds up every window's feature histograms at once
+        telemetry: list[tuple[str, bytes, dict[str, Any] | Rejected, int | None]] = []
         for topic, payload in messages:
             try:
-                kind, msg = self._parse(topic, payload)
+                kind, msg, ticket = self._parse(topic, payload, windows)
             except Rejected as exc:
                 self._reject(batch.rejected, topic, exc)
                 continue
-            if kind is not None:
-                batch.parsed[kind].append((topic, msg))
+            if kind == "telemetry":
+                telemetry.append((topic, payload, msg, ticket))
+            elif kind is not None:
+                batch.parsed[kind].append((topic, msg))  # type: ignore[arg-type]
+        failed = windows.failed()
+        for topic, payload, msg, ticket in telemetry:  # in arrival order
+            if ticket in failed:  # parsed again alone, its verdict is the parser's
+                try:
+                    msg = self._parse(topic, payload)[1]
+                except Rejected as exc:
+                    msg = exc
+            if isinstance(msg, Rejected):
+                self._reject(batch.rejected, topic, msg)
+            else:
+                batch.parsed["telemetry"].append((topic, msg))
         return batch
 
     def store(self, batch: Prepared) -> IngestResult:
@@ -217,35 +275,48 @@ class Ingestor:
         """Count messages dropped outside :meth:`ingest` (e.g. one that made it fail)."""
         self.db.write(lambda s: self._count(s, Counter({reason: n})))
 
-    def _parse(self, topic: str, payload: bytes) -> tuple[str | None, dict[str, Any]]:
+    def _parse(
+        self, topic: str, payload: bytes, windows: WindowBatch | None = None
+    ) -> tuple[str | None, dict[str, Any] | Rejected, int | None]:
+        """``(kind, message, ticket)``, or Rejected raised. A window given a ticket by
+        ``windows`` is not fully checked yet: if its topic does not match, the rejection
+        is returned rather than raised, since a failed check of the batch comes first."""
         parts = self._topics.get(topic)
         if parts is None:
             try:
                 parts = parse_device_topic(topic)
             except ProtocolError as exc:
                 raise Rejected("malformed", f"bad topic: {exc}") from exc
-            self._topics.put(topic, parts)
+            if len(self._topics) >= self._topics_max:
+                self._topics.clear()
+            self._topics[topic] = parts
         fleet, device, kind = parts
         if fleet != self.fleet:
             raise Rejected("wrong_device_topic", f"fleet {fleet!r} is not {self.fleet!r}")
         if kind == "desired":
-            return None, {}
+            return None, {}, None
         limit = self.max_bytes[kind]
         if len(payload) > limit:
             raise Rejected("oversized", f"{len(payload)} bytes, over the {limit}-byte limit")
-        if kind in ("state", "events"):
+        ticket = None
+        if kind == "telemetry":
+            msg = parse_telemetry(payload, limit, windows)
+            ticket = msg.pop("_ticket", None)
+        elif kind in _PARSERS:
+            msg = _PARSERS[kind](payload, limit)
+        else:
             try:
                 msg = (parse_state if kind == "state" else parse_event)(payload, limit)
             except ProtocolError as exc:
                 raise Rejected("malformed", str(exc)) from exc
-        else:
-            parser = {"telemetry": parse_telemetry, "samples": parse_sample, "labels": parse_label}
-            msg = parser[kind](payload, limit)
         if msg["fleet"] != fleet or msg["device"] != device:
-            raise Rejected(
+            exc = Rejected(
                 "wrong_device_topic", f"payload speaks for {msg['fleet']}/{msg['device']}"
             )
-        return kind, msg
+            if ticket is None:
+                raise exc
+            return kind, exc, ticket
+        return kind, msg, ticket
 
     def _reject(self, res: IngestResult, topic: str, exc: Rejected) -> None:
         res.rejected[exc.reason] += 1
@@ -328,55 +399,88 @@ class Ingestor:
         self,
         s: Session,
         table: Any,
-        rows: list[dict[str, Any]],
+        const: dict[str, Any],
+        cols: tuple[str, ...],
+        rows: list[tuple],
         keys: tuple[str, ...],
         json_cols: tuple[str, ...] = (),
     ) -> int:
         """Insert the rows whose unique ``keys`` are not stored yet; how many were new.
 
+        ``rows`` hold the values of ``cols`` in that order (``json_cols`` serialized
+        already, by :func:`dumps`); ``const`` the values every row shares (fleet, time).
         One ``INSERT … ON CONFLICT DO NOTHING`` run by the driver's ``executemany``:
-        SQLAlchemy compiles it once and prepares the values once per batch (``json_cols``
-        serialized here, with orjson when installed), since its per-row processing would
-        take longer than the insert itself."""
+        compiled once per table (cached), bind processors applied once to the shared
+        values, and rows handed to the driver as they are, since SQLAlchemy's per-row
+        processing would take longer than the insert itself."""
         if not rows:
             return 0
         conn = s.connection()
+        ins = self._insert_stmt(conn, table, const, cols, keys, json_cols)
+        procs = ins.procs
+        shared = []
+        for c, v in const.items():
+            proc = procs.get(c)
+            v = proc(v) if proc is not None else v
+            shared.append(ins.adapt(v))
+        if any(c in procs for c in cols):  # none for the tables here (see _insert_stmt)
+            idx = [(i, procs[c]) for i, c in enumerate(cols) if c in procs]
+            rows = [tuple(_apply(r, idx)) for r in rows]
+        tail, pick = tuple(shared), ins.pick
+        params = [r + tail for r in rows] if pick is None else [pick(r + tail) for r in rows]
+        return max(0, conn.exec_driver_sql(ins.sql, params).rowcount)
+
+    def _insert_stmt(
+        self,
+        conn: Any,
+        table: Any,
+        const: dict[str, Any],
+        cols: tuple[str, ...],
+        keys: tuple[str, ...],
+        json_cols: tuple[str, ...],
+    ) -> _Insert:
+        """The INSERT for these columns, compiled once per dialect and table."""
         dialect = conn.dialect
+        ck = (dialect.name, table.name, tuple(const), cols, keys, json_cols)
+        hit = self._inserts.get(ck)
+        if hit is not None:
+            return hit
         pg = dialect.name == "postgresql"
         if pg:
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        names = list(rows[0])
+        names = (*cols, *const)
         values: dict[str, Any] = {}
         for c in json_cols:
             param = bindparam(c, type_=Text)
             values[c] = cast(param, JSON) if pg else param
         for c in names:
             values.setdefault(c, bindparam(c, type_=table.c[c].type))
-        stmt = insert(table).values(values)
+        stmt = insert(table).values(values).inline()  # inline: no RETURNING of new ids
         stmt = stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys])
         compiled = stmt.compile(dialect=dialect)
         procs = {}
         for c in names:
-            proc = None if c in json_cols else table.c[c].type.bind_processor(dialect)
+            if c in json_cols or isinstance(table.c[c].type, Float):  # floats already: parsed
+                continue
+            proc = table.c[c].type.bind_processor(dialect)
             if proc is not None:
                 procs[c] = proc
-        done: dict[tuple[str, int], Any] = {}  # by identity: the batch shares one timestamp
-        for r in rows:
-            for c in json_cols:
-                r[c] = "null" if r[c] is None else dumps(r[c])
-            for c, proc in procs.items():
-                key = (c, id(r[c]))
-                if key not in done:
-                    done[key] = proc(r[c])
-                r[c] = done[key]
-        params: list[Any] = rows
-        if compiled.positiontup is not None:
-            order = compiled.positiontup
-            pick = itemgetter(*order) if len(order) > 1 else (lambda r: (r[order[0]],))
-            params = [pick(r) for r in rows]
-        return max(0, conn.exec_driver_sql(compiled.string, params).rowcount)
+        sql, order = compiled.string, compiled.positiontup
+        ins = _Insert(sql, None, procs, _same)
+        if pg:  # named %(x)s parameters to positional %s ones: rows go as tuples
+            order = _NAMED_PARAM.findall(sql)
+            ins.sql = _NAMED_PARAM.sub("%s", sql)
+        else:
+            ins.adapt = _sqlite_adapter
+        if order is None or sorted(order) != sorted(names):
+            raise AssertionError(f"unexpected INSERT parameters {order} for {names}")
+        if tuple(order) != names:
+            index = [names.index(c) for c in order]
+            ins.pick = itemgetter(*index) if len(index) > 1 else (lambda r: (r[index[0]],))
+        self._inserts[ck] = ins
+        return ins
 
     def _store_events(self, s: Session, res: IngestResult, items: list) -> None:
         """Deployment events, once each (the rollout controller records them too)."""
@@ -388,7 +492,6 @@ class Ingestor:
 
     def _store_samples(self, s: Session, res: IngestResult, items: list) -> None:
         rows, topics = [], {}
-        now = datetime.now(timezone.utc)
         for topic, m in items:
             try:
                 shape = self._model_shape(s, m)
@@ -400,24 +503,25 @@ class Ingestor:
                 self._reject(res, topic, Rejected("duplicate", f"sample {m['sample_id']}"))
                 continue
             topics[m["sample_id"]] = topic
+            raw = m["input"]
             rows.append(
-                {
-                    "fleet": self.fleet,
-                    "device_id": m["device"],
-                    "sample_id": m["sample_id"],
-                    "model_ref": shape.model_ref,
-                    "variant": shape.variant,
-                    "ts": m["ts"],
-                    "input": m["input"],
-                    "features": m["features"],
-                    "outputs": m["outputs"],
-                    "predicted": m["predicted"],
-                    "received_at": now,
-                }
+                (
+                    m["device"],
+                    m["sample_id"],
+                    shape.model_ref,
+                    shape.variant,
+                    m["ts"],
+                    "null" if raw is None else dumps(raw),
+                    dumps(m["features"]),
+                    dumps(m["outputs"]),
+                    m["predicted"],
+                )
             )
+        const = {"fleet": self.fleet, "received_at": datetime.now(timezone.utc)}
         new = self._insert_new(
-            s, Sample.__table__, rows, ("fleet", "sample_id"), ("input", "features", "outputs")
-        )
+            s, Sample.__table__, const, _SAMPLE_COLS, rows, ("fleet", "sample_id"),
+            ("input", "features", "outputs"),
+        )  # fmt: skip
         self._accept(res, "samples", new, len(rows), next(iter(topics.values()), ""))
 
     def _store_labels(self, s: Session, res: IngestResult, items: list) -> None:
@@ -436,51 +540,67 @@ class Ingestor:
     def _store_windows(
         self, s: Session, res: IngestResult, items: list
     ) -> dict[tuple[str, str], int]:
-        ok: dict[tuple[str, str, int], tuple[str, dict[str, Any], Shape]] = {}
+        """In arrival order, as if one at a time: a window of a known model whose histograms
+        fit it, seen first in the batch, and not too far behind the newest seq of its boot
+        so far (``newest``, returned: the caller caches it once committed)."""
+        seen: set[tuple[str, str, int]] = set()
+        shapes: dict[tuple, Shape | Rejected] = {}  # per model reference, for this batch
+        newest: dict[tuple[str, str], int] = {}
+        rows, first = [], ""
         for topic, m in items:
+            ref = m["model"]
+            mkey = (ref["name"], ref["version"], ref["variant"], ref["sha256"])
+            shape = shapes.get(mkey)
+            if shape is None:
+                try:
+                    shape = self._model_shape(s, m)
+                except Rejected as exc:
+                    shape = exc
+                shapes[mkey] = shape
+            if type(shape) is Rejected:
+                self._reject(res, topic, shape)
+                continue
+            st = m["stats"]
             try:
-                shape = self._model_shape(s, m)
-                check_window(m["stats"], shape)
+                check_window(st, shape)
             except Rejected as exc:
                 self._reject(res, topic, exc)
                 continue
-            key = (m["device"], m["boot"], m["seq"])
-            if key in ok:
+            device, boot, seq = key = (m["device"], m["boot"], m["seq"])
+            if key in seen:
                 self._reject(res, topic, Rejected("duplicate", f"window {key}"))
                 continue
-            ok[key] = (topic, m, shape)
-        # In arrival order, as if one at a time: the newest seq of each boot so far.
-        newest: dict[tuple[str, str], int] = {}
-        rows, now = [], datetime.now(timezone.utc)
-        for (device, boot, seq), (topic, m, shape) in list(ok.items()):
+            seen.add(key)
             b = (device, boot)
-            if b not in newest:
-                newest[b] = self._newest_seq(s, device, boot)
-            if seq < newest[b] - self.reorder_window:
-                del ok[(device, boot, seq)]
-                self._reject(res, topic, self._too_old(s, device, boot, seq, newest[b]))
+            top = newest.get(b)
+            if top is None:
+                top = newest[b] = self._newest_seq(s, device, boot)
+            if seq < top - self.reorder_window:
+                self._reject(res, topic, self._too_old(s, device, boot, seq, top))
                 continue
-            newest[b] = max(newest[b], seq)
-            st = m["stats"]
+            if seq > top:
+                newest[b] = seq
+            first = first or topic
             rows.append(
-                {
-                    "fleet": self.fleet,
-                    "device_id": device,
-                    "boot": boot,
-                    "seq": seq,
-                    "model_ref": shape.model_ref,
-                    "variant": shape.variant,
-                    "sha256": shape.sha256,
-                    "start": m["start"],
-                    "end": m["end"],
-                    "count": st["count"],
-                    "stats": st,
-                    "received_at": now,
-                }
+                (
+                    device,
+                    boot,
+                    seq,
+                    shape.model_ref,
+                    shape.variant,
+                    shape.sha256,
+                    m["start"],
+                    m["end"],
+                    st["count"],
+                    dumps(st),
+                )
             )
+        const = {"fleet": self.fleet, "received_at": datetime.now(timezone.utc)}
         keys = ("fleet", "device_id", "boot", "seq")
-        new = self._insert_new(s, TelemetryWindow.__table__, rows, keys, ("stats",))
-        self._accept(res, "telemetry", new, len(rows), next(iter(ok.values()), ("",))[0])
+        new = self._insert_new(
+            s, TelemetryWindow.__table__, const, _WINDOW_COLS, rows, keys, ("stats",)
+        )
+        self._accept(res, "telemetry", new, len(rows), first)
         return newest
 
     def _too_old(self, s: Session, device: str, boot: str, seq: int, newest: int) -> Rejected:

@@ -43,6 +43,7 @@ __all__ = [
     "REASONS",
     "Rejected",
     "Shape",
+    "WindowBatch",
     "check_sample",
     "check_window",
     "dumps",
@@ -82,8 +83,10 @@ MAX_CLASSES = 1024
 MAX_VALUES = 4096  # values of one list in a sample (features, outputs, one input column)
 MAX_INPUT_COLUMNS = 256
 MAX_COUNT = 2**53
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_MAX_INT_NUMBER = 2**1000  # an integer where a number is expected: as edgeops_protocol
+# \Z, not $: "$" also matches before a final newline, and "abc\n" is not printable
+SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")
+PRINTABLE_RE = re.compile(r"^[^\x00-\x1f\x7f]+\Z")
 _LIST = {list}
 
 
@@ -139,8 +142,9 @@ def _decode(payload: bytes, kind: str, expected_type: str, max_bytes: int | None
         raise _bad(f"not JSON: {str(exc)[:80]}") from exc
     if not isinstance(obj, dict):
         raise _bad("message must be a JSON object")
-    if obj.get("protocol") != PROTOCOL_VERSION:
-        raise _bad(f"protocol {obj.get('protocol')!r}; this side speaks {PROTOCOL_VERSION}")
+    version = obj.get("protocol")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python
+        raise _bad(f"protocol {version!r}; this side speaks {PROTOCOL_VERSION}")
     if obj.get("type") != expected_type:
         raise _bad(f"expected a {expected_type!r} message, got {obj.get('type')!r}")
     return obj
@@ -162,7 +166,12 @@ def _text(obj: dict, key: str, limit: int) -> str:
 
 def _number(obj: dict, key: str, lo: float = -math.inf) -> float:
     value = obj.get(key)
-    if type(value) not in (int, float) or not math.isfinite(value) or value < lo:
+    if (
+        type(value) not in (int, float)
+        or (type(value) is int and abs(value) > _MAX_INT_NUMBER)  # float() would overflow
+        or not math.isfinite(value)
+        or value < lo
+    ):
         raise _bad(f"field {key!r} must be a finite number >= {lo}")
     return float(value)
 
@@ -186,9 +195,10 @@ def _check_ints(values: list, key: str) -> None:
     booleans are caught by :func:`_no_booleans`."""
     try:
         array("Q", values)
-    except TypeError:
-        raise _bad(f"field {key!r} must hold integers only") from None
-    except OverflowError:
+    except (TypeError, OverflowError) as exc:
+        # array stops at the first bad item: look at them all, so the order does not matter
+        if isinstance(exc, TypeError) or not all(type(v) in (int, bool) for v in values):
+            raise _bad(f"field {key!r} must hold integers only") from None
         if min(values) < 0:
             raise Rejected("negative_counts", f"field {key!r} has a negative count") from None
         raise _bad(f"field {key!r} has a count above 2**64") from None
@@ -255,8 +265,275 @@ def _model(obj: dict) -> dict[str, Any]:
     }
 
 
-def parse_telemetry(payload: bytes, max_bytes: int | None = None) -> dict[str, Any]:
-    """A telemetry window (docs/protocol.md, "Telemetry"), checked for types and bounds."""
+def parse_telemetry(
+    payload: bytes, max_bytes: int | None = None, batch: WindowBatch | None = None
+) -> dict[str, Any]:
+    """A telemetry window (docs/protocol.md, "Telemetry"), checked for types and bounds.
+
+    Two paths, one verdict: :func:`_fast_telemetry` accepts a well-formed window with as
+    few Python-level steps as it can and gives up (``None``) at the first doubt; the
+    strict path then decides, and is the only one that rejects, so every reason and
+    detail is the strict path's. The fast path never accepts what the strict one refuses
+    (tests/test_ingest.py checks both on the same inputs).
+
+    With ``batch``, one rule (no feature histogram counts more values than ``count``) may
+    be left to :meth:`WindowBatch.failed`, which checks it for every window of the batch
+    at once: such a window comes back with a ``"_ticket"`` key (to remove), and if
+    ``failed()`` names its ticket it must be parsed again without ``batch``, which then
+    rejects it (:meth:`edgeops.monitoring.ingest.Ingestor.prepare` does this).
+    """
+    limit = MAX_BYTES["telemetry"] if max_bytes is None else max_bytes
+    if type(payload) is bytes and len(payload) <= limit:
+        try:
+            obj = loads(payload)
+        except Exception:  # the strict path parses it again and says why
+            obj = None
+        if type(obj) is dict:
+            out = _fast_telemetry(obj, payload, batch)
+            if out is not None:
+                return out
+    return _strict_telemetry(payload, max_bytes)
+
+
+class WindowBatch:
+    """The windows of one batch whose feature histograms are still to be added up, in one
+    array: the counts of each window back to back (features, then non-finite counts)."""
+
+    def __init__(self) -> None:
+        self.counts = array("Q")
+        # by layout (bins per feature): the windows' tickets, where they start, their count
+        self._groups: dict[tuple[int, ...], tuple[list[int], list[int], list[int]]] = {}
+        self._last: tuple[tuple[int, ...], tuple[list[int], list[int], list[int]]] | None = None
+        self._next = 0
+
+    def _defer(self, base: int, lens: tuple[int, ...], count: int) -> int:
+        """Remember a window whose counts start at ``base``; its ticket."""
+        ticket = self._next
+        self._next += 1
+        last = self._last
+        if last is not None and last[0] == lens:  # the usual case: one layout per batch
+            group = last[1]
+        else:
+            group = self._groups.setdefault(lens, ([], [], []))
+            self._last = (lens, group)
+        group[0].append(ticket)
+        group[1].append(base)
+        group[2].append(count)
+        return ticket
+
+    def failed(self) -> set[int]:
+        """Tickets of the windows a feature of which counts more values than ``count``
+        (numpy: segment sums of the one array, per group of windows of the same layout)."""
+        import numpy as np
+
+        groups, self._groups, self._last = self._groups, {}, None
+        if not groups:
+            return set()
+        x = np.frombuffer(self.counts, dtype=np.uint64)
+        bad: set[int] = set()
+        if int(x.max()) > MAX_COUNT:  # could wrap around in uint64 sums: add up in Python
+            for lens, (tickets, bases, counts) in groups.items():
+                for ticket, base, count in zip(tickets, bases, counts):  # noqa: B905
+                    if self._over(base, lens, count):
+                        bad.add(ticket)
+            return bad
+        for lens, (tickets, bases, counts) in groups.items():
+            n = len(lens)
+            rel = np.zeros(n + 1, dtype=np.int64)  # each histogram's start, then nf's
+            np.cumsum(lens, out=rel[1:])
+            b = np.array(bases, dtype=np.int64)[:, None]
+            sums = np.add.reduceat(x, (b + rel).ravel()).reshape(len(bases), n + 1)[:, :n]
+            sums += x[b + (rel[n] + np.arange(n))]  # the non-finite values of each feature
+            over = (sums > np.array(counts, dtype=np.uint64)[:, None]).any(axis=1)
+            if over.any():
+                bad.update(np.array(tickets)[over].tolist())
+        return bad
+
+    def _over(self, base: int, lens: tuple[int, ...], count: int) -> bool:
+        c, i, n = self.counts, base, sum(lens)
+        top = 0
+        for k, extra in zip(lens, c[base + n : base + n + len(lens)]):  # noqa: B905
+            top = max(top, sum(c[i : i + k]) + extra)
+            i += k
+        return top > count
+
+
+# Strings already found valid (ids; printable text), and valid model references: most
+# windows repeat the fleet, device, boot and model of earlier ones. Bounded: cleared when
+# full. Only ever holds what the strict checks accepted.
+_KNOWN_IDS: set[str] = set()
+_KNOWN_TEXT: set[str] = set()
+_KNOWN_MODELS: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+_KNOWN_MAX = 1 << 16
+_INF = math.inf
+
+
+def _known(value: Any, known: set[str], pattern: re.Pattern[str]) -> bool:
+    """``value`` is a str matching ``pattern`` (remembered in ``known``)."""
+    if type(value) is not str:
+        return False
+    if value in known:
+        return True
+    if not pattern.match(value):
+        return False
+    if len(known) >= _KNOWN_MAX:
+        known.clear()
+    known.add(value)
+    return True
+
+
+def _fast_model(m: Any) -> dict[str, Any] | None:
+    if type(m) is not dict:
+        return None
+    key = (m.get("name"), m.get("version"), m.get("variant"), m.get("sha256"))
+    if type(key[1]) is not int:  # so that True or 1.0 never finds version 1's entry
+        return None
+    try:
+        hit = _KNOWN_MODELS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable name, variant or digest
+        return None
+    if hit is None:
+        try:
+            hit = _model({"model": m})
+        except Rejected:
+            return None
+        if len(_KNOWN_MODELS) >= _KNOWN_MAX:
+            _KNOWN_MODELS.clear()
+        _KNOWN_MODELS[key] = hit  # type: ignore[index]
+    return dict(hit)
+
+
+def _fast_number(value: Any) -> float | None:
+    """A finite number >= 0 (as float), or None."""
+    if type(value) is float:
+        return value if 0.0 <= value < _INF else None
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return float(value)
+    return None
+
+
+def _fast_telemetry(
+    obj: dict, payload: bytes, batch: WindowBatch | None = None
+) -> dict[str, Any] | None:
+    """A valid window exactly as :func:`_strict_telemetry` returns it, or None when it is
+    not plainly valid (then the strict path decides). Every test here is one of the
+    strict path's rules, or stricter. With ``batch`` the feature sums are left to it: the
+    window then carries its ticket (``"_ticket"``, which the caller removes)."""
+    get = obj.get
+    version = get("protocol")
+    if type(version) is not int or version != PROTOCOL_VERSION or get("type") != "telemetry":
+        return None
+    fleet, device, boot, seq = get("fleet"), get("device"), get("boot"), get("seq")
+    if not (
+        _known(fleet, _KNOWN_IDS, ID_RE)
+        and _known(device, _KNOWN_IDS, ID_RE)
+        and _known(boot, _KNOWN_TEXT, PRINTABLE_RE)
+        and len(boot) <= 64
+        and type(seq) is int
+        and 1 <= seq <= MAX_COUNT
+    ):
+        return None
+    start, end = get("start"), get("end")
+    if type(start) is not float or type(end) is not float or not -_INF < start <= end < _INF:
+        return None  # (integers, and everything else, take the strict path)
+    model = _fast_model(get("model"))
+    stats = get("stats")
+    if model is None or type(stats) is not dict or stats.get("format") != STATS_FORMAT:
+        return None
+    get = stats.get
+    count, errors, nfo = get("count"), get("errors"), get("non_finite_outputs")
+    if not (
+        type(count) is int
+        and type(errors) is int
+        and type(nfo) is int
+        and 0 <= count <= MAX_COUNT
+        and 0 <= errors <= count
+        and 0 <= nfo <= count
+    ):
+        return None
+    features, nf = get("features"), get("feature_non_finite")
+    classes, conf, lat = get("class_counts"), get("confidence_counts"), get("latency_counts")
+    if not (
+        type(features) is list
+        and type(nf) is list
+        and type(classes) is list
+        and type(conf) is list
+        and type(lat) is list
+        and len(features) == len(nf) <= MAX_FEATURES
+        and len(classes) <= MAX_CLASSES
+        and len(conf) <= MAX_BINS
+        and len(lat) <= MAX_BINS
+    ):
+        return None
+    lat_sum, lat_max = _fast_number(get("latency_sum_ms")), _fast_number(get("latency_max_ms"))
+    if lat_sum is None or lat_max is None:
+        return None
+    counts = array("Q") if batch is None else batch.counts
+    base = len(counts)
+    try:  # every histogram a list, every count an integer in [0, 2**64), in C: fromlist
+        for h in features:  # takes lists only and stores each item as an unsigned 64-bit
+            counts.fromlist(h)
+        counts.fromlist(nf)
+        counts.fromlist(classes)
+        counts.fromlist(conf)
+        counts.fromlist(lat)
+    except (TypeError, OverflowError):
+        del counts[base:]
+        return None
+    # JSON true and false are ints to Python (and to fromlist); rfind is the quicker scan
+    if (
+        payload.rfind(b"true") >= 0
+        or payload.rfind(b"false") >= 0
+        or sum(classes) > count
+        or sum(conf) > count
+        or sum(lat) > count
+    ):
+        del counts[base:]
+        return None
+    ticket = None
+    if features:
+        lens = tuple(map(len, features))
+        if max(lens) > MAX_BINS:
+            del counts[base:]
+            return None
+        if batch is not None and 0 not in lens:  # (numpy's reduceat: no empty segments)
+            ticket = batch._defer(base, lens, count)
+        else:
+            top = max(map(sum, features))
+            if top + max(nf) > count and max(map(int.__add__, map(sum, features), nf)) > count:
+                del counts[base:]
+                return None
+    if ticket is None and batch is not None:
+        del counts[base:]  # nothing left to check
+    out = {
+        "fleet": fleet,
+        "device": device,
+        "boot": boot,
+        "seq": seq,
+        "start": start,
+        "end": end,
+        "model": model,
+        "stats": {
+            "format": STATS_FORMAT,
+            "count": count,
+            "errors": errors,
+            "non_finite_outputs": nfo,
+            "features": features,
+            "feature_non_finite": nf,
+            "class_counts": classes,
+            "confidence_counts": conf,
+            "latency_counts": lat,
+            "latency_sum_ms": lat_sum,
+            "latency_max_ms": lat_max,
+        },
+    }
+    if ticket is not None:
+        out["_ticket"] = ticket
+    return out
+
+
+def _strict_telemetry(payload: bytes, max_bytes: int | None = None) -> dict[str, Any]:
+    """Every rule, in order, with the reason of the first one broken."""
     obj = _decode(payload, "telemetry", "telemetry", max_bytes)
     out: dict[str, Any] = {
         "fleet": _id(obj, "fleet"),
@@ -408,6 +685,13 @@ def shape_of(model_ref: str, variant: str, sha256: str, meta: dict[str, Any]) ->
 def check_window(stats: dict[str, Any], shape: Shape) -> None:
     """Raise ``wrong_bins`` unless every histogram has the variant's number of bins."""
     feats = stats["features"]
+    if (  # the usual case first, in one expression
+        len(stats["class_counts"]) == shape.classes
+        and len(stats["confidence_counts"]) == shape.confidence_bins
+        and len(stats["latency_counts"]) == shape.latency_bins
+        and tuple(map(len, feats)) == shape.bins
+    ):
+        return
     if tuple(map(len, feats)) != shape.bins:
         if len(feats) != len(shape.bins):
             raise Rejected(
