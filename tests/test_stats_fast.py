@@ -1,19 +1,30 @@
-"""The fast statistics path counts exactly what the plain accumulator it replaced counted.
+"""The fast statistics paths count exactly what the plain accumulator they replaced counted.
 
 ``RefWindowStats`` below is the protocol's ``WindowStats`` as it was before updates were
 buffered a block at a time and binned with whole-block numpy calls (one numpy call per
 feature per 64 rows, argmax per row). Random sequences of ``update``, ``update_many``,
 errors, non-finite values, odd output shapes and window closes must give the same
-window JSON, to the last bit of the latency sum. Then the agent's path (Predictor and
-Telemetry) must give the windows, results and listener calls the old code gave.
+window JSON, to the last bit of the latency sum, with both implementations: the C
+accumulator (``NativeWindowStats``) and the numpy one (``PyWindowStats``). Then the
+agent's path (Predictor and Telemetry, with and without the C one-row path) must give
+the windows, results and listener calls the old code gave.
+
+The C tests fail, not skip, when ``CI`` is set and the extensions did not build
+(unless ``EDGEOPS_PURE_PYTHON=1`` asks for the Python code).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,14 +32,43 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import edgeops_agent.serve as serve_module
+import edgeops_agent.telemetry as telemetry_module
 from edgeops_agent.errors import PredictionError
 from edgeops_agent.runtime.base import TensorInfo
 from edgeops_agent.serve import LoadedModel, Predictor
 from edgeops_agent.telemetry import Telemetry, window_baseline
 from edgeops_protocol.baseline import CONFIDENCE_EDGES, labels_of
 from edgeops_protocol.histogram import bin_index
-from edgeops_protocol.messages import parse_telemetry
-from edgeops_protocol.stats import LATENCY_EDGES_MS, STATS_FORMAT, WindowStats
+from edgeops_protocol.messages import parse_telemetry, telemetry_message
+from edgeops_protocol.stats import (
+    LATENCY_EDGES_MS,
+    STATS_FORMAT,
+    NativeWindowStats,
+    PyWindowStats,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "device_agent" / "src"
+
+
+def require_native() -> None:
+    """Skip without the C extensions; fail instead in CI (they must build there)."""
+    if NativeWindowStats is not None and serve_module._fastpath is not None:
+        return
+    forced = os.environ.get("EDGEOPS_PURE_PYTHON", "") not in ("", "0")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not forced:
+        pytest.fail("the C extensions did not build: pip install -e ./device_agent with gcc")
+    pytest.skip("the C extensions are not built (or EDGEOPS_PURE_PYTHON is set)")
+
+
+@pytest.fixture(params=["native", "python"])
+def impl(request) -> Any:
+    """The WindowStats class under test."""
+    if request.param == "native":
+        require_native()
+        return NativeWindowStats
+    return PyWindowStats
+
 
 # --- the oracle: WindowStats as it was (edgeops_protocol/stats.py before the fast path) ----
 
@@ -131,11 +171,17 @@ class RefWindowStats:
         }
 
 
-def same(ref: RefWindowStats, fast: WindowStats) -> None:
+def same(ref: RefWindowStats, fast: Any) -> None:
     """The same JSON, byte for byte (floats with repr: every bit)."""
     want, got = ref.window(), fast.window()
     assert json.dumps(got) == json.dumps(want)
     assert got["latency_sum_ms"].hex() == want["latency_sum_ms"].hex()
+    compact = json.dumps(want, separators=(",", ":"))
+    if math.isfinite(want["latency_sum_ms"]) and math.isfinite(want["latency_max_ms"]):
+        assert fast.window_json() == compact.encode()
+    else:  # not JSON: refused, as json.dumps(allow_nan=False) refuses it
+        with pytest.raises(ValueError):
+            fast.window_json()
 
 
 # --- random sequences ----------------------------------------------------------------------
@@ -205,17 +251,21 @@ class Rows:
         return lat
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     base=baselines(),
     m=st.integers(1, 4),
     ops=st.lists(OPS, min_size=1, max_size=10),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_random_sequences_give_the_windows_of_the_plain_accumulator(base, m, ops, seed):
+def test_random_sequences_give_the_windows_of_the_plain_accumulator(impl, base, m, ops, seed):
     data = Rows(seed, base, m)
     rng = data.rng
-    ref, fast = RefWindowStats(base), WindowStats(base)
+    ref, fast = RefWindowStats(base), impl(base)
     for op, n in ops:
         dtype = rng.choice([np.float32, np.float32, np.float64])
         if op == "update":  # one row at a time, in the shapes callers pass
@@ -271,10 +321,10 @@ def test_random_sequences_give_the_windows_of_the_plain_accumulator(base, m, ops
     same(ref, fast)
 
 
-def test_latency_sum_keeps_the_old_64_row_chunks():
+def test_latency_sum_keeps_the_old_64_row_chunks(impl):
     base = {"features": [{"name": "x", "edges": [0.0, 1.0]}], "outputs": {"labels": ["a"]}}
     lat = np.random.default_rng(3).exponential(1e-3, 5000) * np.logspace(0, 6, 5000)
-    ref, fast = RefWindowStats(base), WindowStats(base)
+    ref, fast = RefWindowStats(base), impl(base)
     x = np.zeros((5000, 1), np.float32)
     out = np.full((5000, 2), 0.5, np.float32)
     for i in range(1500):
@@ -287,13 +337,85 @@ def test_latency_sum_keeps_the_old_64_row_chunks():
     same(ref, fast)  # chunks of 64 from row 1500 on, as the old blocks were
 
 
-def test_update_many_checks_its_arguments():
-    w = WindowStats({"features": [{"name": "x", "edges": [0.0, 1.0]}]})
+def test_update_many_checks_its_arguments(impl):
+    w = impl({"features": [{"name": "x", "edges": [0.0, 1.0]}]})
     with pytest.raises(ValueError):
         w.update_many(np.zeros((3, 1)), np.zeros((3, 2)), np.zeros(2))
     with pytest.raises(ValueError):
         w.update_many(np.zeros((3, 1)), np.zeros((3, 2)), 1.0, np.zeros(4, bool))
     assert w.window()["count"] == 0
+
+
+def test_wide_baselines_give_the_windows_of_the_plain_accumulator(impl):
+    """Many features (the C code's blocks of 16 and the rest) and many edges (its binary
+    search), float32 and float64 rows, values on the edges and non-finite ones."""
+    rng = np.random.default_rng(11)
+    for n_features, n_edges in ((37, 11), (5, 40), (16, 1), (3, 25), (300, 7)):
+        features = []
+        for j in range(n_features):
+            edges = np.unique(np.round(rng.normal(size=n_edges), 3))
+            if j % 5 == 1:
+                edges[-1] = 3.5e38  # beyond float32
+            features.append({"name": f"f{j}", "edges": edges.tolist()})
+        base = {"features": features, "outputs": {"labels": ["a", "b", "c"]}}
+        ref, fast = RefWindowStats(base), impl(base)
+        x = rng.normal(size=(700, n_features))
+        on_edges = rng.random(x.shape) < 0.2
+        x[on_edges] = rng.choice([v for f in features for v in f["edges"]], int(on_edges.sum()))
+        odd = rng.random(x.shape) < 0.01
+        x[odd] = rng.choice([np.nan, np.inf, -np.inf, 1e39], int(odd.sum()))
+        with np.errstate(over="ignore"):
+            x32 = x.astype(np.float32)
+        out = rng.dirichlet(np.ones(3), size=700)
+        lat = rng.exponential(1.0, 700)
+        for i in range(700):
+            row = x32[i] if i % 3 else x[i]
+            ref.update(row, out[i], lat[i])
+            fast.update(row, out[i], lat[i])
+        same(ref, fast)
+        for i in range(700):
+            ref.update(x32[i], out[i], lat[i])
+        fast.update_many(x32, out, lat)
+        same(ref, fast)
+
+
+def test_native_latency_sum_is_numpys_sum():
+    require_native()
+    from edgeops_protocol import _faststats
+
+    rng = np.random.default_rng(5)
+    for n in [*range(1, 140), 200, 257, 300]:
+        a = rng.exponential(1.0, n) * 10.0 ** rng.integers(-8, 8, n)
+        if n % 7 == 0:
+            a[rng.integers(0, n)] = -0.0
+        assert _faststats._sum(a).hex() == float(a.sum()).hex()
+    assert _faststats._sum(np.full(9, -0.0)).hex() == float(np.full(9, -0.0).sum()).hex()
+
+
+def test_pure_python_can_be_forced_from_the_environment():
+    code = (
+        "import edgeops_protocol.stats as s, edgeops_agent.serve as v, "
+        "edgeops_agent.telemetry as t; print(s.NATIVE, s.WindowStats.__name__, "
+        "v._fastpath, t._fastpath)"
+    )
+    env = {**os.environ, "EDGEOPS_PURE_PYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "PyWindowStats", "None", "None"]
+
+
+def test_the_c_sources_are_c99_and_warning_free():
+    gcc = shutil.which("gcc")
+    include = sysconfig.get_paths()["include"]
+    if gcc is None or not Path(include, "Python.h").exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI has gcc and Python's headers")
+        pytest.skip("no gcc or no Python headers")
+    for source in ("edgeops_protocol/_faststats.c", "edgeops_agent/_fastpath.c"):
+        cmd = [gcc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-fsyntax-only"]
+        cmd += [f"-I{include}", f"-I{SRC / 'edgeops_protocol'}", str(SRC / source)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
 
 
 # --- the agent's path: Predictor and Telemetry ---------------------------------------------
@@ -392,9 +514,21 @@ def drained(telemetry: Telemetry) -> list[dict[str, Any]]:
     return [parse_telemetry(payload)["stats"] for _, payload in items]
 
 
+@pytest.fixture(params=["native", "python"])
+def agent_path(request, monkeypatch) -> str:
+    """The agent's one-row path in C (Predictor and Telemetry made after this), or not."""
+    if request.param == "native":
+        require_native()
+    else:
+        monkeypatch.setattr(serve_module, "_fastpath", None)
+        monkeypatch.setattr(telemetry_module, "_fastpath", None)
+        monkeypatch.setattr(telemetry_module, "WindowStats", PyWindowStats)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("window_count", "seed"), [(250, 0), (250, 1), (7, 2), (0, 3)])
 def test_agent_windows_results_and_listeners_are_those_of_the_old_code(
-    window_count, seed, monkeypatch
+    window_count, seed, monkeypatch, agent_path
 ):
     import edgeops_agent.serve as serve
 
@@ -413,7 +547,10 @@ def test_agent_windows_results_and_listeners_are_those_of_the_old_code(
     )
     telemetry.attach(predictor)
     telemetry.start("1-boot")
+    assert (predictor._core is not None) == (agent_path == "native")
+    assert (telemetry._sink is not None) == (agent_path == "native")
     models = [fake_model(4, seed, ["a", "b", "c"]), fake_model(1, seed + 1, ["no", "yes"])]
+    armed = 0
 
     want_windows: list[dict[str, Any]] = []
     got: list[dict[str, Any]] = []
@@ -430,15 +567,22 @@ def test_agent_windows_results_and_listeners_are_those_of_the_old_code(
     for c, x in enumerate(calls(seed)):
         model = models[(c // 17) % 2]  # the model changes every 17 calls
         predictor.load(model)
-        try:
-            out = np.asarray(model.runner.predict(x), dtype=np.float32)
+        given = x  # one row: (k,), (1, k), or (1, k) with gaps between the values
+        if len(x) == 1 and c % 3 == 0:
+            given = x[0]
+        elif len(x) == 1 and c % 3 == 1:
+            given = np.repeat(x, 2, axis=1)[:, ::2]
+            assert not given.flags["C_CONTIGUOUS"]
+        try:  # (the fake runner's matmul rounds a strided row its own way)
+            out = np.asarray(model.runner.predict(given.reshape(len(x), -1)), dtype=np.float32)
         except ValueError:
             out = None
         if out is None:
             with pytest.raises(PredictionError):
-                predictor.predict_features(x)
+                predictor.predict_features(given)
         else:
-            assert predictor.predict_features(x) == old_results(model, out)
+            assert predictor.predict_features(given) == old_results(model, out)
+        armed += telemetry._sink is not None and telemetry._sink.armed
         latency = (ticks.seen[-1] - ticks.seen[-2]) * 1000.0 / len(x)  # as the Predictor
         # what the oracle counts: the old per-row listener calls and update() calls
         if model is not ref_model:
@@ -462,9 +606,10 @@ def test_agent_windows_results_and_listeners_are_those_of_the_old_code(
     got += drained(telemetry)
     assert json.dumps(got) == json.dumps(want_windows)
     assert repr(heard) == repr(want_heard)  # (NaN features: compared as text)
+    assert (armed > 0) == (agent_path == "native")  # one-row calls were counted in C
 
 
-def test_one_row_results_keep_none_for_non_finite_scores_and_the_label_rules():
+def test_one_row_results_keep_none_for_non_finite_scores_and_the_label_rules(agent_path):
     predictor = Predictor()
     for m, labels in ((4, ["a", "b"]), (1, []), (3, ["a", "b", "c"])):
         model = fake_model(m, 5, labels)
@@ -478,6 +623,7 @@ def test_one_row_results_keep_none_for_non_finite_scores_and_the_label_rules():
                 return self.scores
 
         model.runner = Scripted()
+        predictor.load(model)  # a model is not changed once loaded: loaded again
         rng = np.random.default_rng(m)
         cases = [rng.random((1, m)), np.full((1, m), 0.5), np.array([[1e38] * m])]
         cases += [np.where(rng.random((1, m)) < 0.5, np.nan, 0.2), np.full((1, m), np.inf)]
@@ -489,3 +635,94 @@ def test_one_row_results_keep_none_for_non_finite_scores_and_the_label_rules():
             batch = np.repeat(model.runner.scores, 3, axis=0)
             model.runner.scores = batch
             assert predictor.predict_features(np.zeros((3, WIDTH))) == old_results(model, batch)
+
+
+@pytest.mark.parametrize("clock", ["float", "int", "mark"])
+def test_window_messages_are_the_bytes_of_telemetry_message(agent_path, clock):
+    """Envelopes from the template (float times), from telemetry_message (int times, or a
+    boot that holds the template's mark for seq)."""
+    ticks = iter(range(10**6))
+    clocks = {
+        "float": lambda: 1.7e9 + next(ticks) / 7,
+        "int": lambda: 1_700_000_000 + next(ticks),
+        "mark": lambda: 1.7e9 + next(ticks) / 7,  # with a boot that holds the seq mark
+    }
+    predictor = Predictor()
+    telemetry = Telemetry(
+        fleet="lab", device="d1", window_count=50, window_s=0, clock=clocks[clock]
+    )
+    telemetry.attach(predictor)
+    telemetry.start("7340317294053217" if clock == "mark" else "1-boot")
+    predictor.load(fake_model(4, 9, ["a", "b", "c"]))
+    rng = np.random.default_rng(9)
+    items = []
+    for i in range(520):
+        predictor.predict_features(rng.normal(size=(1, WIDTH)).astype(np.float32))
+        if i % 120 == 0:
+            items += telemetry.drain()[0]
+    telemetry.close()
+    got, lost = telemetry.drain()
+    items += got
+    assert lost == 0 and len(items) == 11
+    for _, payload in items:
+        fields = {k: v for k, v in json.loads(payload).items() if k not in ("protocol", "type")}
+        assert list(fields)[-1] == "stats"
+        assert telemetry_message(**fields) == payload
+        assert parse_telemetry(payload)["stats"]["count"] in (50, 20)
+
+
+def test_later_windows_are_still_checked_where_they_can_differ(agent_path, monkeypatch):
+    """The first window of a model is checked in full; later ones for their size, their
+    latencies and their times. Refused windows are lost, as parse_telemetry failures were."""
+    model = fake_model(4, 3, ["a", "b", "c"])
+    x = np.zeros((1, WIDTH), np.float32)
+    out = np.full((1, 4), 0.25, np.float32)
+
+    def windows(latencies: list[float]) -> tuple[list[bytes], int]:
+        for lat in latencies:
+            telemetry.on_predictions(model, None, x, out, lat)
+        items, lost = telemetry.drain()
+        return [payload for _, payload in items], lost
+
+    telemetry = Telemetry(fleet="lab", device="d1", window_count=3, window_s=0)
+    telemetry.start("b1")
+    assert windows([-1.0] * 3) == ([], 1)  # the first window: parse_telemetry refuses it
+    first, lost = windows([1.0] * 3)
+    assert lost == 0 and len(first) == 1
+    assert windows([1.0, -5.0, 1.0])[1] == 1  # a later one, by the cheap check
+    # size: a window whose latency sum has more digits than the first one's
+    monkeypatch.setattr(telemetry_module, "MAX_TELEMETRY_BYTES", len(first[0]) + 2)
+    longer, lost = windows([0.123456789] * 3)
+    assert longer == [] and lost == 1
+    assert windows([1.0] * 3)[1] == 0  # the same size as the first: sent
+
+
+def test_the_sink_counts_strided_rows_as_the_python_class_does():
+    """One-row calls whose rows are views with gaps (a slice of a transposed array, as the
+    benchmark's CNN rows are), 2-D to 4-D, float32 and float64: the same windows."""
+    require_native()
+    rng = np.random.default_rng(21)
+    for shape, dtype in (((64, 3), np.float32), ((5, 7), np.float64), ((2, 3, 4), np.float32)):
+        k = int(np.prod(shape))
+        base = {
+            "features": [
+                {"name": f"x{j}", "edges": np.unique(rng.normal(size=11).round(3)).tolist()}
+                for j in range(k)
+            ],
+            "outputs": {"labels": list("abcd")},
+        }
+        data = rng.normal(size=(*shape, 300)).astype(dtype)
+        data[(0,) * len(shape) + (7,)] = np.nan
+        rows = np.moveaxis(data, -1, 0)  # (300, *shape), no row contiguous
+        native, ref = NativeWindowStats(base), PyWindowStats(base)
+        sink = serve_module._fastpath.RowSink(lambda *a: pytest.fail("not counted in C"))
+        model = object()
+        sink.arm(model, native, k, 0)
+        out = rng.dirichlet(np.ones(4), size=(300, 1)).astype(np.float32)
+        for i in range(300):
+            assert not rows[i : i + 1].flags["C_CONTIGUOUS"]
+            lat = float(i % 11) / 3
+            sink(model, None, rows[i : i + 1], out[i], lat)
+            ref.update(rows[i : i + 1].reshape(1, -1), out[i], lat)
+        same_windows = json.dumps(native.window()) == json.dumps(ref.window())
+        assert same_windows, shape

@@ -15,11 +15,20 @@ error)`` for every row predicted. Batch listeners (telemetry) get each call once
 ``(n, m)`` outputs (None when the model raised) and the latency per row; one may
 return ``{row index: sample id}`` for rows it sampled, and those results carry a
 ``"sample_id"`` that :meth:`Predictor.send_label` takes later.
+
+The common call, ``predict_features`` of one float32 row, runs in C when the
+extension ``edgeops_agent._fastpath`` is built (``OneRow``: the same steps as
+:meth:`Predictor._finish` for one row, in one call; the model's ``runner.predict``,
+``lock`` and ``labels`` are looked up once, by :meth:`Predictor.load`, so a
+:class:`LoadedModel` is not to be changed once loaded). Anything else, and any
+unusual outcome (the model raised, odd outputs), is the Python code below.
+``EDGEOPS_PURE_PYTHON=1`` turns the C path off.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +51,19 @@ BatchListener = Callable[
     "Mapping[int, str] | None",
 ]
 MAX_ROWS = 10_000  # one request; bounds the memory a single call can take
+
+
+def _load_fastpath() -> Any:
+    if os.environ.get("EDGEOPS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _fastpath
+    except ImportError:  # not built (no C compiler at install time), or numpy's layout changed
+        return None
+    return _fastpath
+
+
+_fastpath = _load_fastpath()
 
 
 @dataclass
@@ -100,6 +122,13 @@ class Predictor:
         self._listeners: tuple[Listener, ...] = (on_prediction,) if on_prediction else ()
         self._batch_listeners: tuple[BatchListener, ...] = ()
         self.label_sink: Callable[[str, str], None] | None = None  # set by the agent
+        # the one-row call in C (see the module doc); the clock is the one of this moment
+        self._core: Any = None
+        if _fastpath is not None and not self._extra_s:
+            self._core = _fastpath.OneRow(self._predict_features, self._finish, time.perf_counter)
+            self._core.listeners = self._listeners
+            # the C call itself, without the method's Python frame (it is the same call)
+            self.predict_features = self._core  # type: ignore[method-assign]
 
     @property
     def model(self) -> LoadedModel | None:
@@ -108,12 +137,18 @@ class Predictor:
     def load(self, model: LoadedModel | None) -> None:
         """Serve ``model`` from now on (None: serve nothing)."""
         self._model = model
+        if self._core is not None:
+            self._core.model = model
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners = (*self._listeners, listener)
+        if self._core is not None:
+            self._core.listeners = self._listeners
 
     def add_batch_listener(self, listener: BatchListener) -> None:
         self._batch_listeners = (*self._batch_listeners, listener)
+        if self._core is not None:
+            self._core.batch_listeners = self._batch_listeners
 
     def send_label(self, sample_id: str, label: str) -> None:
         """Ground truth for a sampled prediction (its result's ``sample_id``), sent by the agent."""
@@ -151,6 +186,12 @@ class Predictor:
 
     def predict_features(self, matrix: Any) -> list[dict[str, Any]]:
         """Predictions for a ``(n, features)`` matrix (or one row)."""
+        core = self._core
+        if core is not None:
+            return core(matrix)  # type: ignore[no-any-return]
+        return self._predict_features(matrix)
+
+    def _predict_features(self, matrix: Any) -> list[dict[str, Any]]:
         model = self._require()
         try:
             x = np.asarray(matrix, dtype=np.float32)
@@ -176,18 +217,35 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         start = time.perf_counter()
         error: Exception | None = None
-        out: np.ndarray | None = None
+        out: Any = None
         try:
             with model.lock:
-                out = np.asarray(model.runner.predict(x), dtype=np.float32)
-            if self._extra_s:
-                time.sleep(self._extra_s)
-            if model.corrupt:
-                out = np.full_like(out, np.nan)
-            if len(out) != len(x):
-                raise ValueError(f"the model returned {len(out)} rows for {len(x)}")
+                out = model.runner.predict(x)
         except Exception as exc:  # the model failed: counted, then reported to the caller
             error = exc
+        return self._finish(model, x, rows, out, error, start)
+
+    def _finish(
+        self,
+        model: LoadedModel,
+        x: np.ndarray,
+        rows: Sequence[Mapping[str, Any]] | None,
+        out: Any,
+        error: Exception | None,
+        start: float,
+    ) -> list[dict[str, Any]]:
+        """After the model ran (``out``, or ``error``): checks, listeners, results."""
+        if error is None:
+            try:
+                out = np.asarray(out, dtype=np.float32)
+                if self._extra_s:
+                    time.sleep(self._extra_s)
+                if model.corrupt:
+                    out = np.full_like(out, np.nan)
+                if len(out) != len(x):
+                    raise ValueError(f"the model returned {len(out)} rows for {len(x)}")
+            except Exception as exc:  # the model failed: counted, then reported to the caller
+                error = exc
         n = len(x)
         latency_ms = (time.perf_counter() - start) * 1000.0 / n
         if error is not None or out is None:

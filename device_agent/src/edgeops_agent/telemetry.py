@@ -23,12 +23,35 @@ worker empties (:meth:`Telemetry.drain`) into the on-disk
 disk or the network. ``notify`` is called when the queue stops being empty (the
 agent posts a wake-up into its mailbox); a full queue drops its oldest item and
 counts it in :attr:`Telemetry.lost`, which the agent adds to ``outbox_dropped``.
+
+With the C extensions built, the batch listener is a ``RowSink``
+(``edgeops_agent._fastpath``): while a window of the active model is open, statistics
+are on and nothing is sampled, the telemetry *arms* it with that window, and a one-row
+call is counted in C without the lock (the window is a
+:class:`~edgeops_protocol.stats.NativeWindowStats`; one C call is atomic under the
+GIL); with statistics off and nothing sampled it returns None for the active model's
+calls, as :meth:`Telemetry.on_predictions` would. The sink refuses the row that would
+fill the window, and everything else, and hands it to :meth:`Telemetry.on_predictions`.
+Every section that holds the lock and may count, open or close a window disarms the
+sink first and arms it again at the end, so the C path never counts into a window the
+Python code is working on.
+
+A closed window becomes its message on the worker: the envelope of
+``telemetry_message`` (a template per model and boot, cut from it at ``seq``, ``start``
+and ``end``, compared with it at its first use) and the window's own compact JSON
+(:meth:`~edgeops_protocol.stats.PyWindowStats.window_json`): the same bytes as
+``telemetry_message`` with the stats dict. The first window of each model (and boot,
+and window layout) is checked with ``parse_telemetry``, as the collector will check
+it; later ones differ from it only in numbers that are valid by construction (counts
+of what was counted, ``seq``, times), so only what can still go wrong is checked again:
+the size limit, the latency sum and maximum (not negative) and the times.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -51,7 +74,7 @@ from edgeops_protocol.messages import (
     sample_message,
     telemetry_message,
 )
-from edgeops_protocol.stats import WindowStats
+from edgeops_protocol.stats import NativeWindowStats, WindowStats
 from edgeops_protocol.topics import ProtocolError, device_topic
 
 from .errors import PredictionError
@@ -67,6 +90,20 @@ __all__ = ["Telemetry", "model_ref", "window_baseline"]
 log = logging.getLogger("edgeops_agent.telemetry")
 MAX_PENDING = 256  # closed windows, samples and labels waiting for the worker
 MAX_SAMPLE_BYTES = 256 * 1024  # the collector's limit (parse_sample)
+MAX_TELEMETRY_BYTES = 256 * 1024  # the collector's limit (parse_telemetry)
+
+
+def _load_fastpath() -> Any:
+    if os.environ.get("EDGEOPS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _fastpath
+    except ImportError:  # not built (no C compiler at install time), or numpy's layout changed
+        return None
+    return _fastpath
+
+
+_fastpath = _load_fastpath()
 
 
 def model_ref(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,6 +225,11 @@ class Telemetry:
         self._sampling = False  # the sampler is enabled (its budget is fixed)
         self._pending: deque[_Closed | tuple[str, bytes]] = deque()
         self.lost = 0  # items the full hand-off queue dropped, not yet taken by drain()
+        self._envelope: _Envelope | None = None  # of the last window sent
+        # one-row calls counted in C while armed (see the module doc)
+        self._sink: Any = None
+        if _fastpath is not None and NativeWindowStats is not None:
+            self._sink = _fastpath.RowSink(self.on_predictions)
 
     @classmethod
     def from_config(cls, config: AgentConfig, **kw: Any) -> Telemetry:
@@ -205,12 +247,13 @@ class Telemetry:
     def attach(self, predictor: Predictor) -> None:
         """Listen to every prediction of ``predictor`` and take its labels."""
         self._predictor = predictor
-        predictor.add_batch_listener(self.on_predictions)
+        predictor.add_batch_listener(self._sink if self._sink is not None else self.on_predictions)
         predictor.label_sink = self.label
 
     def start(self, boot: str) -> None:
         """A new boot: sequence numbers start at 1 again, the sampler's draws are reseeded."""
         with self._lock:
+            self._disarm()
             self.boot = boot
             self._seq = self._sample_seq = 0
             self._rng = random.Random(f"{self.device}/{boot}")
@@ -232,7 +275,7 @@ class Telemetry:
         if model is self._model and not self._sampling:
             if not self.stats_enabled:
                 return None  # statistics off, no sampling
-            if len(x) == 1:  # the common case, kept short: one row, no sampling
+            if len(x) == 1 and self._sink is None:  # one row, no sampling (no C sink)
                 if x.ndim != 2:  # e.g. a (1, 64, 3) window: one feature per value
                     x = x.reshape(1, -1)
                 with self._lock:
@@ -255,26 +298,30 @@ class Telemetry:
         notify = False
         sampled: dict[int, str] | None = None
         with self._lock:
-            if model is not self._model and not self._switch(model):
-                self.counters.incr("telemetry_stale_predictions", n)
-                return None
-            if self._width is None:
-                self._width = x.shape[1]
-            elif x.shape[1] != self._width:  # the model raised on it: not one of its inputs
-                self.counters.incr("telemetry_misshapen_rows", n)
-                return None
-            pending_before = len(self._pending)
-            if self.stats_enabled:
-                self._count(model, x, out, latency_ms)
-            sampler = self._sampler
-            if out is not None and sampler is not None and sampler.enabled:
-                for i in range(n):
-                    if sampler.want():
-                        sample_id = self._sample(sampler, model, rows, x, out, i)
-                        if sample_id is not None:
-                            sampled = sampled or {}
-                            sampled[i] = sample_id
-            notify = pending_before == 0 and len(self._pending) > 0
+            self._disarm()
+            try:
+                if model is not self._model and not self._switch(model):
+                    self.counters.incr("telemetry_stale_predictions", n)
+                    return None
+                if self._width is None:
+                    self._width = x.shape[1]
+                elif x.shape[1] != self._width:  # the model raised on it: not one of its inputs
+                    self.counters.incr("telemetry_misshapen_rows", n)
+                    return None
+                pending_before = len(self._pending)
+                if self.stats_enabled:
+                    self._count(model, x, out, latency_ms)
+                sampler = self._sampler
+                if out is not None and sampler is not None and sampler.enabled:
+                    for i in range(n):
+                        if sampler.want():
+                            sample_id = self._sample(sampler, model, rows, x, out, i)
+                            if sample_id is not None:
+                                sampled = sampled or {}
+                                sampled[i] = sample_id
+                notify = pending_before == 0 and len(self._pending) > 0
+            finally:
+                self._arm()
         if notify and self._notify is not None:
             self._notify()
         return sampled
@@ -298,6 +345,27 @@ class Telemetry:
             i = j
             if limit and w.stats.count >= limit:
                 self._close()
+
+    def _disarm(self) -> None:
+        """Lock held: from now on every call comes to :meth:`on_predictions`."""
+        if self._sink is not None:
+            self._sink.disarm()
+
+    def _arm(self) -> None:
+        """Lock held, at the end of a section: let the C sink count one-row calls of the
+        active model in the open window, if that is what :meth:`on_predictions` would do."""
+        sink = self._sink
+        if sink is None:
+            return
+        w = self._window
+        if not self.boot or self._sampling or self._model is None:
+            sink.disarm()
+        elif not self.stats_enabled:  # on_predictions returns None for the model's calls
+            sink.arm(self._model, None, 0, 0)
+        elif w is not None and self._width and isinstance(w.stats, NativeWindowStats):
+            sink.arm(self._model, w.stats, self._width, self.window_count)
+        else:
+            sink.disarm()
 
     def _switch(self, model: LoadedModel) -> bool:
         """Another model predicts: close the window of the old one. False for a call that
@@ -430,13 +498,16 @@ class Telemetry:
                 (self.window_s and self._clock() - w.start >= self.window_s)
                 or (predictor is not None and predictor.model is not self._model)
             ):
+                self._disarm()
                 self._close()
+                self._arm()
             if self._sampler is not None:
                 self._sampler.observe()
 
     def close(self) -> None:
         """Close the open window now (the agent stops)."""
         with self._lock:
+            self._disarm()
             self._close()
 
     def drain(self) -> tuple[list[tuple[str, bytes]], int]:
@@ -446,6 +517,7 @@ class Telemetry:
             self._pending.clear()
             lost, self.lost = self.lost, 0
         out = []
+        windows = 0
         for item in items:
             if isinstance(item, tuple):
                 out.append(item)
@@ -457,22 +529,85 @@ class Telemetry:
                 self._rlog.warning("window", "a telemetry window cannot be sent: %s", exc)
                 continue
             out.append((self.topics["telemetry"], payload))
-            self.counters.incr("telemetry_windows")
+            windows += 1
+        if windows:
+            self.counters.incr("telemetry_windows", windows)
         return out, lost
 
     def _window_message(self, closed: _Closed) -> bytes:
-        payload = telemetry_message(
-            fleet=self.fleet,
-            device=self.device,
-            boot=self.boot,
-            seq=closed.seq,
-            start=closed.window.start,
-            end=closed.end,
-            model=closed.ref,
-            stats=closed.window.stats.window(),
-        )
-        parse_telemetry(payload)  # never send what the collector refuses
+        """The telemetry message of a closed window: ``telemetry_message`` with the window,
+        byte for byte (the envelope ends with ``stats``, the window's JSON goes there)."""
+        stats = closed.window.stats
+        seq, start, end = closed.seq, closed.window.start, closed.end
+        envelope = self._envelope
+        if envelope is None or envelope.ref is not closed.ref or envelope.boot != self.boot:
+            envelope = self._envelope = _Envelope(self, closed.ref)
+        payload = b"".join((envelope.head(seq, start, end), stats.window_json(), b"}"))
+        # never send what the collector refuses: in full for the first window of a model,
+        # else what is not valid by construction (see the module doc)
+        if envelope.checked != stats.layout:
+            parse_telemetry(payload, MAX_TELEMETRY_BYTES)
+            envelope.checked = stats.layout
+        elif len(payload) > MAX_TELEMETRY_BYTES:
+            raise ProtocolError(f"message of {len(payload)} bytes is over the limit")
+        elif not (stats.lat_sum >= 0 and stats.lat_max >= 0):
+            raise ProtocolError("latency_sum_ms and latency_max_ms must be >= 0")
+        elif not end >= start:
+            raise ProtocolError("field 'end' must not be before 'start'")
         return payload
+
+
+# marks for the numbers of an envelope template: values no other field is likely to hold
+_MARK_SEQ, _MARK_START, _MARK_END = 7340317294053217, 1.2345678901234567e-300, 9.87654321e-301
+
+
+class _Envelope:
+    """The telemetry messages of one model and boot, up to their ``stats``: made with
+    ``telemetry_message`` (``stats=0``, the last field, cut off), once with marks for
+    ``seq``, ``start`` and ``end`` to cut the bytes into a template that later windows
+    fill in; ``telemetry_message`` itself for any value the template does not take."""
+
+    def __init__(self, telemetry: Telemetry, ref: dict[str, Any]) -> None:
+        self.ref, self.boot = ref, telemetry.boot
+        self._fields = {"fleet": telemetry.fleet, "device": telemetry.device, "boot": self.boot}
+        self.checked: Any = None  # the window layout checked in full with parse_telemetry
+        self._parts: tuple[bytes, ...] | None = None
+        try:
+            marked = self._message(_MARK_SEQ, _MARK_START, _MARK_END)
+            marks = [str(_MARK_SEQ).encode(), repr(_MARK_START).encode(), repr(_MARK_END).encode()]
+            if all(marked.count(m) == 1 for m in marks):
+                a, rest = marked.split(marks[0])
+                b, rest = rest.split(marks[1])
+                c, d = rest.split(marks[2])
+                self._parts = (a, b, c, d)
+        except ValueError:  # not in this order: no template
+            self._parts = None
+
+    def _message(self, seq: Any, start: Any, end: Any) -> bytes:
+        head = telemetry_message(
+            **self._fields, seq=seq, start=start, end=end, model=self.ref, stats=0
+        )
+        if not head.endswith(b',"stats":0}'):
+            raise ValueError("the telemetry envelope does not end with its stats")
+        return head[:-2]
+
+    def head(self, seq: Any, start: Any, end: Any) -> bytes:
+        """The message's bytes up to its stats (``ValueError`` for non-finite times)."""
+        parts = self._parts
+        if (
+            parts is None
+            or seq.__class__ is not int
+            or start.__class__ is not float
+            or end.__class__ is not float
+            or not (math.isfinite(start) and math.isfinite(end))
+        ):
+            return self._message(seq, start, end)
+        a, b, c, d = parts
+        filled = b"".join((a, str(seq).encode(), b, repr(start).encode(), c, repr(end).encode(), d))
+        if self.checked is None and filled != self._message(seq, start, end):  # first: compared
+            self._parts = None
+            return self._message(seq, start, end)
+        return filled
 
 
 def _input_width(model: LoadedModel) -> int | None:

@@ -9,18 +9,31 @@ it is sums of counts, so windows merge across time and devices by adding
 (:func:`merge_windows`) and drift can be computed at any level without raw data
 leaving the device.
 
-Updates are cheap: :meth:`WindowStats.update` only copies the row into
-preallocated buffers (a block of 1,024 rows, fewer for models with more than 256
-features); the outputs' finiteness, argmax and
-confidence and the histograms of all features are computed once a block, with a
-few whole-block numpy calls. :meth:`WindowStats.update_many` counts a batch of
-rows at once. :meth:`WindowStats.window` flushes and returns the window dict (the
-``stats`` part of a telemetry message, docs/protocol.md).
+Two implementations count the same windows, byte for byte:
+
+* :class:`NativeWindowStats`, the accumulator of the C extension
+  ``edgeops_protocol._faststats`` (built with the package when a C compiler is
+  there): :meth:`~PyWindowStats.update` is one C call that counts the scores and
+  the latency and bins the row's features (a vectorized comparison with each
+  feature's thresholds, or a binary search for features with many edges; float32
+  rows wait in a buffer of 64 rows and are binned a buffer at a time);
+* :class:`PyWindowStats`, numpy only: ``update`` copies the row into preallocated
+  buffers (a block of 1,024 rows, fewer for models with more than 256 features)
+  and the outputs' finiteness, argmax and confidence and the histograms of all
+  features are computed once a block, with a few whole-block numpy calls.
+
+:data:`WindowStats` is the native class when the extension loads (and the
+environment does not set ``EDGEOPS_PURE_PYTHON=1``), else the Python one; a
+baseline whose edges are not the protocol's (finite, strictly increasing) is
+always counted by the Python class. :meth:`~PyWindowStats.update_many` counts a
+batch of rows at once. :meth:`~PyWindowStats.window` ends the block and returns
+the window dict (the ``stats`` part of a telemetry message, docs/protocol.md),
+:meth:`~PyWindowStats.window_json` the same as compact JSON bytes.
 
 The counts, and the latency sum to the last bit, are those of the plain
 accumulator this replaced (per row: argmax of the outputs; per block of 64 rows:
 a histogram per feature, the latencies summed with numpy and added up): the
-latencies are still summed in chunks of 64 rows from the last flush.
+latencies are still summed in chunks of 64 rows from the last block end.
 
 >>> import numpy as np
 >>> base = {"features": [{"name": "x", "edges": [0.0, 1.0, 2.0]}],
@@ -36,6 +49,9 @@ latencies are still summed in chunks of 64 rows from the last flush.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,7 +60,16 @@ import numpy as np
 from .baseline import CONFIDENCE_EDGES
 from .histogram import bin_index
 
-__all__ = ["LATENCY_EDGES_MS", "STATS_FORMAT", "WindowStats", "empty_window", "merge_windows"]
+__all__ = [
+    "LATENCY_EDGES_MS",
+    "NATIVE",
+    "STATS_FORMAT",
+    "NativeWindowStats",
+    "PyWindowStats",
+    "WindowStats",
+    "empty_window",
+    "merge_windows",
+]
 
 STATS_FORMAT = 1
 LATENCY_EDGES_MS = [
@@ -108,18 +133,29 @@ def _thresholds(edges: list[np.ndarray], sizes: list[int]) -> np.ndarray | None:
     return t
 
 
-class WindowStats:
-    """Counts for one window of predictions of one model variant."""
+def _read_baseline(obj: Any, baseline: Mapping[str, Any]) -> None:
+    """The attributes both implementations take from the baseline."""
+    feats = baseline.get("features", [])
+    obj.names = [str(f["name"]) for f in feats]
+    obj.edges = [np.asarray(f["edges"], dtype=np.float64) for f in feats]
+    outputs = baseline.get("outputs", {})
+    obj.labels = [str(x) for x in outputs.get("labels", [])]
+    obj.conf_edges = np.asarray(outputs.get("confidence_edges", CONFIDENCE_EDGES))
+    obj.lat_edges = np.asarray(LATENCY_EDGES_MS)
+    obj._nf = len(obj.edges)
+    # what the window's JSON looks like: counts per feature, classes, confidence bins
+    obj.layout = (
+        tuple(e.size + 1 for e in obj.edges),
+        max(1, len(obj.labels)),
+        obj.conf_edges.size + 1,
+    )
+
+
+class PyWindowStats:
+    """Counts for one window of predictions of one model variant (numpy only)."""
 
     def __init__(self, baseline: Mapping[str, Any]) -> None:
-        feats = baseline.get("features", [])
-        self.names = [str(f["name"]) for f in feats]
-        self.edges = [np.asarray(f["edges"], dtype=np.float64) for f in feats]
-        outputs = baseline.get("outputs", {})
-        self.labels = [str(x) for x in outputs.get("labels", [])]
-        self.conf_edges = np.asarray(outputs.get("confidence_edges", CONFIDENCE_EDGES))
-        self.lat_edges = np.asarray(LATENCY_EDGES_MS)
-        self._nf = len(self.edges)
+        _read_baseline(self, baseline)
         sizes = [e.size for e in self.edges]
         self._bounds = []  # where each feature's counts are in _fc
         at = 0
@@ -145,7 +181,7 @@ class WindowStats:
         self._spare: list[tuple[Any, ...]] = []  # released buffers; fresh() copies share it
         self.reset()
 
-    def fresh(self) -> WindowStats:
+    def fresh(self) -> PyWindowStats:
         """An empty window of the same baseline (it shares the edges, not the counts)."""
         new = copy.copy(self)
         new._cap = new._n = 0
@@ -427,6 +463,10 @@ class WindowStats:
             "latency_max_ms": float(self.lat_max),
         }
 
+    def window_json(self) -> bytes:
+        """:meth:`window` as compact JSON (``ValueError`` for a non-finite latency)."""
+        return json.dumps(self.window(), separators=(",", ":"), allow_nan=False).encode()
+
 
 def empty_window(n_bins: Sequence[int], n_classes: int) -> dict[str, Any]:
     """A window with no predictions, with ``n_bins[j]`` counts for feature ``j``."""
@@ -470,3 +510,151 @@ def merge_windows(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for fa, fb in zip(out["features"], w["features"])  # noqa: B905 - Python 3.9
         ]
     return out
+
+
+# --- the native accumulator ----------------------------------------------------------------
+
+
+def _row64(features: Any, n: int) -> np.ndarray:
+    """A row that is not an ``(..., 1, n)`` float32/float64 array, as the Python class
+    stores it: assigned (numpy's broadcasting and conversions) into ``n`` float64."""
+    row = np.empty(n, dtype=np.float64)
+    row[...] = features
+    return row
+
+
+def _out64(outputs: Any) -> np.ndarray:
+    """Scores that are not a float32/float64 array, as the Python class reads them."""
+    return np.ascontiguousarray(np.asarray(outputs, dtype=np.float64).ravel())
+
+
+def _protocol_edges(edges: np.ndarray) -> bool:
+    return bool(
+        edges.ndim == 1
+        and edges.size >= 1
+        and np.all(np.isfinite(edges))
+        and np.all(np.diff(edges) > 0)
+    )
+
+
+def _load_native() -> Any:
+    if os.environ.get("EDGEOPS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _faststats
+    except ImportError:  # not built (no C compiler at install time), or numpy's layout changed
+        return None
+    _faststats._set_helpers(_row64, _out64)
+    return _faststats
+
+
+_native = _load_native()
+NATIVE = _native is not None  # WindowStats is the C accumulator
+
+if _native is not None:
+
+    class NativeWindowStats(_native.Window):  # type: ignore[name-defined,misc]
+        """Counts for one window of predictions of one model variant, in C.
+
+        The same interface and the same windows as :class:`PyWindowStats`. A baseline
+        whose edges are not finite and strictly increasing gets a :class:`PyWindowStats`
+        instead. ``count``, ``errors``, ``non_finite_outputs`` are read-only here.
+        """
+
+        def __new__(cls, baseline: Mapping[str, Any]) -> Any:
+            probe = types.SimpleNamespace()
+            _read_baseline(probe, baseline)
+            if not all(_protocol_edges(e) for e in [*probe.edges, probe.conf_edges]):
+                return PyWindowStats(baseline)
+            self = super().__new__(
+                cls,
+                [e.tolist() for e in probe.edges],
+                probe.conf_edges.tolist(),
+                max(1, len(probe.labels)),
+                LATENCY_EDGES_MS,
+            )
+            self.__dict__.update(vars(probe))
+            return self
+
+        def __init__(self, baseline: Mapping[str, Any]) -> None:
+            pass  # __new__ did it
+
+        def fresh(self) -> NativeWindowStats:
+            """An empty window of the same baseline (it shares the edges, not the counts)."""
+            new = self._fresh()
+            new.__dict__.update(self.__dict__)
+            return new
+
+        @property
+        def feature_counts(self) -> list[np.ndarray]:
+            """Each feature's counts so far (copies)."""
+            return [np.array(c, dtype=np.int64) for c in self._arrays()[0]]
+
+        @property
+        def feature_non_finite(self) -> np.ndarray:
+            return np.array(self._arrays()[1], dtype=np.int64)
+
+        @property
+        def class_counts(self) -> np.ndarray:
+            return np.array(self._arrays()[2], dtype=np.int64)
+
+        @property
+        def conf_counts(self) -> np.ndarray:
+            return np.array(self._arrays()[3], dtype=np.int64)
+
+        @property
+        def lat_counts(self) -> np.ndarray:
+            return np.array(self._arrays()[4], dtype=np.int64)
+
+        def update_many(
+            self,
+            features: np.ndarray,
+            outputs: np.ndarray | None,
+            latency_ms: float | np.ndarray,
+            errors: bool | np.ndarray = False,
+        ) -> None:
+            """Count a batch: the same as ``update(features[i], outputs[i], latency_ms[i],
+            errors[i])`` for every row ``i`` (``outputs`` None: the model raised on all of
+            them; ``latency_ms`` and ``errors`` are one value for all rows or one per row)."""
+            x = np.asarray(features)
+            n = len(x)
+            lat = np.asarray(latency_ms, dtype=np.float64)
+            err = np.asarray(errors, dtype=np.bool_)
+            if lat.shape not in ((), (n,)) or err.shape not in ((), (n,)):
+                raise ValueError(f"latency_ms and errors must be one value or {n}")
+            out = None if outputs is None else np.asarray(outputs)
+            if out is not None and out.dtype != np.float32:
+                out = np.asarray(out, dtype=np.float64)
+            nf = self._nf
+            if (nf and (x.ndim != 2 or x.shape[1] not in (1, nf))) or (
+                out is not None and (out.ndim != 2 or len(out) != n or out.shape[1] < 1)
+            ):
+                for i in range(n):  # rows of other shapes: one at a time
+                    o = None if outputs is None else outputs[i]
+                    self.update(x[i], o, lat[i] if lat.ndim else lat, err[i] if err.ndim else err)
+                return
+            lat_arg = float(lat) if not lat.ndim else lat
+            err_arg = bool(err) if not err.ndim else err
+            try:  # as they are, when they are C-contiguous float32/float64 (checked in C)
+                self._rows(n, x if nf else None, out, lat_arg, err_arg)
+                return
+            except TypeError:  # others: converted (nothing was counted)
+                pass
+            if nf:
+                x = np.require(
+                    np.broadcast_to(x, (n, nf)),
+                    np.float32 if x.dtype == np.float32 else np.float64,
+                    ("C", "A"),
+                )
+            if out is not None:
+                out = np.require(out, out.dtype, ("C", "A"))
+            if lat.ndim:
+                lat_arg = np.require(lat, np.float64, ("C", "A"))
+            if err.ndim:
+                err_arg = np.require(err, np.bool_, ("C", "A"))
+            self._rows(n, x if nf else None, out, lat_arg, err_arg)
+
+    WindowStats: Any = NativeWindowStats
+else:
+    NativeWindowStats = None  # type: ignore[assignment,misc]
+    WindowStats = PyWindowStats

@@ -1,0 +1,710 @@
+/* edgeops_agent._fastpath: the agent's one-row prediction path in C.
+ *
+ * ``OneRow`` is what Predictor.predict_features runs for the common call, one float32
+ * row of an active model that is not corrupted on purpose, with no simulated extra
+ * latency: the clock, the model's lock around runner.predict(x), the scores as a list,
+ * their finiteness and argmax, the label, the listeners and batch listeners, the result.
+ * It is the Python code of Predictor._finish for one row, statement for statement. The
+ * model's runner.predict, lock and labels are looked up when the model is set (``model``,
+ * at Predictor.load); a model with ``corrupt`` set always takes the Python path. Any
+ * other input goes to the Python method (``slow``), and any output that is not a
+ * (1, m >= 1) float32 array, or an exception of the model, goes to Predictor._finish
+ * (``finish``) with what happened so far.
+ *
+ * ``RowSink`` is the Telemetry's batch listener: while the telemetry has it armed
+ * (an open window of the model, statistics on, no sampling), a one-row call of that
+ * model is counted in the window in C (edgeops_protocol._faststats' add_row), unless it
+ * would fill the window; with statistics off and nothing sampled, the model's calls need
+ * nothing; everything else goes to Telemetry.on_predictions. The telemetry
+ * disarms it whenever its lock is held, so the two never count into one window at once.
+ *
+ * Both run with the GIL held; their state is only changed from Python (with the GIL), so
+ * a call sees one consistent state.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <math.h>
+#include <time.h>
+
+#include "_faststats.h"
+#include "_npmirror.h"
+
+static EdgeopsStatsCAPI *stats_api = NULL;
+static PyObject *perf_counter = NULL; /* time.perf_counter */
+static PyObject *s_acquire, *s_release, *s_predict, *s_runner, *s_lock, *s_corrupt, *s_labels,
+    *s_label, *s_scores, *s_sample_id;
+
+/* --- RowSink --------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fallback;
+    PyObject *model; /* NULL: disarmed */
+    PyObject *window;
+    Py_ssize_t width;
+    long long limit;
+} RowSink;
+
+static PyObject *
+RowSink_vectorcall(RowSink *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (self->model != NULL && PyVectorcall_NARGS(nargsf) == 5 && kwnames == NULL &&
+        args[0] == self->model &&
+        (self->window == NULL || /* statistics off, nothing sampled: nothing to do */
+         (PyFloat_CheckExact(args[4]) &&
+          stats_api->add_row(self->window, args[2], args[3], PyFloat_AS_DOUBLE(args[4]),
+                             self->limit, self->width) == 1))) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static PyObject *
+RowSink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fallback", NULL};
+    PyObject *fallback;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &fallback)) {
+        return NULL;
+    }
+    RowSink *self = (RowSink *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)RowSink_vectorcall;
+    Py_INCREF(fallback);
+    self->fallback = fallback;
+    return (PyObject *)self;
+}
+
+static int
+RowSink_traverse(RowSink *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->model);
+    Py_VISIT(self->window);
+    return 0;
+}
+
+static int
+RowSink_clear(RowSink *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->model);
+    Py_CLEAR(self->window);
+    return 0;
+}
+
+static void
+RowSink_dealloc(RowSink *self)
+{
+    PyObject_GC_UnTrack(self);
+    RowSink_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+RowSink_arm(RowSink *self, PyObject *args)
+{
+    PyObject *model, *window;
+    Py_ssize_t width;
+    long long limit;
+    if (!PyArg_ParseTuple(args, "OOnL", &model, &window, &width, &limit)) {
+        return NULL;
+    }
+    if (window == Py_None) {
+        window = NULL; /* the model's calls need nothing: statistics are off */
+    }
+    else if (!PyObject_TypeCheck(window, stats_api->window_type)) {
+        PyErr_SetString(PyExc_TypeError, "arm() takes a NativeWindowStats or None");
+        return NULL;
+    }
+    Py_INCREF(model);
+    Py_XINCREF(window);
+    Py_XSETREF(self->model, model);
+    Py_XSETREF(self->window, window);
+    self->width = width;
+    self->limit = limit;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+RowSink_disarm(RowSink *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(self->model);
+    Py_CLEAR(self->window);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+RowSink_armed(RowSink *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->model != NULL);
+}
+
+static PyMethodDef RowSink_methods[] = {
+    {"arm", (PyCFunction)RowSink_arm, METH_VARARGS,
+     "arm(model, window, width, limit): count one-row calls of model in window (None: "
+     "return None for them)"},
+    {"disarm", (PyCFunction)RowSink_disarm, METH_NOARGS, "send every call to the fallback"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef RowSink_getset[] = {
+    {"armed", (getter)RowSink_armed, NULL, "whether one-row calls are counted here", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RowSinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeops_agent._fastpath.RowSink",
+    .tp_basicsize = sizeof(RowSink),
+    .tp_dealloc = (destructor)RowSink_dealloc,
+    .tp_vectorcall_offset = offsetof(RowSink, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "RowSink(fallback): a batch listener that counts armed one-row calls in C",
+    .tp_traverse = (traverseproc)RowSink_traverse,
+    .tp_clear = (inquiry)RowSink_clear,
+    .tp_methods = RowSink_methods,
+    .tp_getset = RowSink_getset,
+    .tp_new = RowSink_new,
+};
+
+/* --- OneRow ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow;            /* Predictor._predict_features(matrix) */
+    PyObject *finish;          /* Predictor._finish(model, x, rows, out, error, start) */
+    PyObject *clock;           /* time.perf_counter, or another clock */
+    int monotonic;             /* clock is time.perf_counter: read CLOCK_MONOTONIC here */
+    PyObject *model;           /* the active LoadedModel, or None */
+    PyObject *loaded;          /* (predict, acquire, release, labels) of it, or NULL */
+    PyObject *listeners;       /* tuple */
+    PyObject *batch_listeners; /* tuple */
+} OneRow;
+
+/* the exception being raised, if it is an Exception (a caught one): 1 and it is cleared;
+ * 0 for a BaseException that must go on (still set) */
+static int
+caught(void)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+call_finish(OneRow *self, PyObject *model, PyObject *x, PyObject *out, PyObject *error,
+            PyObject *start)
+{
+    PyObject *args[6] = {model, x, Py_None, out, error, start};
+    return PyObject_Vectorcall(self->finish, args, 6, NULL);
+}
+
+/* The clock: time.perf_counter is CLOCK_MONOTONIC on Linux, read here without making
+ * float objects; any other clock (tests) is called. */
+static PyObject *
+clock_now(OneRow *self, int64_t *ns)
+{
+#if defined(__linux__) && defined(CLOCK_MONOTONIC)
+    if (self->monotonic) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        *ns = (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
+        return Py_None; /* borrowed: no object */
+    }
+#endif
+    *ns = -1;
+    return PyObject_CallNoArgs(self->clock);
+}
+
+/* a clock reading as the float time.perf_counter() gives (new reference) */
+static PyObject *
+clock_object(PyObject *t, int64_t ns)
+{
+    if (t != Py_None) {
+        Py_INCREF(t);
+        return t;
+    }
+    return PyFloat_FromDouble((double)ns / 1e9);
+}
+
+/* (t1 - t0) * 1000.0 / 1, as Python computes it */
+static PyObject *
+latency_of(PyObject *t0, PyObject *t1)
+{
+    if (PyFloat_CheckExact(t0) && PyFloat_CheckExact(t1)) {
+        return PyFloat_FromDouble((PyFloat_AS_DOUBLE(t1) - PyFloat_AS_DOUBLE(t0)) * 1000.0 / 1.0);
+    }
+    PyObject *d = PyNumber_Subtract(t1, t0), *ms = NULL, *out = NULL, *k = NULL, *one = NULL;
+    if (d != NULL && (k = PyFloat_FromDouble(1000.0)) != NULL &&
+        (ms = PyNumber_Multiply(d, k)) != NULL && (one = PyLong_FromLong(1)) != NULL) {
+        out = PyNumber_TrueDivide(ms, one);
+    }
+    Py_XDECREF(d);
+    Py_XDECREF(k);
+    Py_XDECREF(ms);
+    Py_XDECREF(one);
+    return out;
+}
+
+static PyObject *
+one_row(OneRow *self, PyObject *model, PyObject *loaded, PyObject *x)
+{
+    PyObject *t0 = NULL, *t1 = NULL, *out = NULL, *r, *start;
+    int64_t ns0 = -1, ns1 = -1;
+    PyObject *scores = NULL, *lat = NULL, *x0 = NULL, *out0 = NULL, *listeners = NULL;
+    PyObject *sampled = NULL, *label = NULL, *res = NULL, *results = NULL;
+    PyObject *result = NULL;
+    PyObject *predict = PyTuple_GET_ITEM(loaded, 0), *acquire = PyTuple_GET_ITEM(loaded, 1);
+    PyObject *release = PyTuple_GET_ITEM(loaded, 2), *labels = PyTuple_GET_ITEM(loaded, 3);
+
+    if ((t0 = clock_now(self, &ns0)) == NULL) {
+        goto done;
+    }
+    if (t0 == Py_None) { /* read here: ns0 */
+        t0 = NULL;
+    }
+    if ((r = PyObject_CallNoArgs(acquire)) == NULL) {
+        goto done;
+    }
+    Py_DECREF(r);
+    out = PyObject_CallOneArg(predict, x);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (out == NULL) {
+        PyErr_Fetch(&et, &ev, &etb);
+    }
+    if ((r = PyObject_CallNoArgs(release)) == NULL) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        goto done;
+    }
+    Py_DECREF(r);
+    if (out == NULL) { /* the model raised: Predictor._finish reports it */
+        PyErr_Restore(et, ev, etb);
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            goto done;
+        }
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (etb != NULL && ev != NULL) {
+            PyException_SetTraceback(ev, etb);
+        }
+        Py_XDECREF(et);
+        Py_XDECREF(etb);
+        if ((start = clock_object(t0 ? t0 : Py_None, ns0)) != NULL) {
+            result = call_finish(self, model, x, Py_None, ev ? ev : Py_None, start);
+            Py_DECREF(start);
+        }
+        Py_XDECREF(ev);
+        goto done;
+    }
+    const np_array_head *o = NP_HEAD(out);
+    if (np_kind(out) != NPK_F32 || o->nd != 2 || o->dimensions[0] != 1 || o->dimensions[1] < 1) {
+        if ((start = clock_object(t0 ? t0 : Py_None, ns0)) != NULL) {
+            result = call_finish(self, model, x, out, Py_None, start);
+            Py_DECREF(start);
+        }
+        goto done;
+    }
+    if (t0 == NULL) {
+        if ((t1 = clock_now(self, &ns1)) == NULL ||
+            (lat = PyFloat_FromDouble((double)(ns1 - ns0) / 1e6)) == NULL) {
+            goto done;
+        }
+        t1 = NULL;
+    }
+    else if ((t1 = PyObject_CallNoArgs(self->clock)) == NULL || (lat = latency_of(t0, t1)) == NULL) {
+        goto done;
+    }
+    /* scores = out.tolist()[0]; ok: every score is finite */
+    const Py_ssize_t m = o->dimensions[1];
+    const float *f = (const float *)o->data;
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (!isfinite(f[i])) {
+            ok = 0;
+        }
+    }
+    if ((scores = PyList_New(m)) == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *v;
+        if (ok || isfinite(f[i])) {
+            if ((v = PyFloat_FromDouble((double)f[i])) == NULL) {
+                goto done;
+            }
+        }
+        else {
+            v = Py_None;
+            Py_INCREF(v);
+        }
+        PyList_SET_ITEM(scores, i, v);
+    }
+    /* the listeners: (x[0], out[0], latency_ms, error); exceptions are theirs */
+    listeners = self->listeners;
+    Py_INCREF(listeners);
+    if (PyTuple_GET_SIZE(listeners) > 0) {
+        if ((x0 = PySequence_GetItem(x, 0)) == NULL || (out0 = PySequence_GetItem(out, 0)) == NULL) {
+            goto done;
+        }
+        PyObject *a[4] = {x0, out0, lat, ok ? Py_False : Py_True};
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(listeners); i++) {
+            r = PyObject_Vectorcall(PyTuple_GET_ITEM(listeners, i), a, 4, NULL);
+            if (r == NULL && !caught()) {
+                goto done;
+            }
+            Py_XDECREF(r);
+        }
+    }
+    Py_SETREF(listeners, self->batch_listeners);
+    Py_INCREF(listeners);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(listeners); i++) {
+        PyObject *a[5] = {model, Py_None, x, out, lat};
+        PyObject *ids = PyObject_Vectorcall(PyTuple_GET_ITEM(listeners, i), a, 5, NULL);
+        if (ids == NULL) {
+            if (!caught()) {
+                goto done;
+            }
+            continue;
+        }
+        int t = PyObject_IsTrue(ids);
+        if (t > 0) {
+            PyObject *d = PyDict_Check(ids) ? (Py_INCREF(ids), ids)
+                                            : PyObject_CallOneArg((PyObject *)&PyDict_Type, ids);
+            if (d == NULL || (sampled == NULL && (sampled = PyDict_New()) == NULL) ||
+                PyDict_Update(sampled, d) < 0) {
+                t = -1;
+            }
+            Py_XDECREF(d);
+        }
+        Py_DECREF(ids);
+        if (t < 0) {
+            goto done;
+        }
+    }
+    /* the label: the first highest score, or score >= 0.5 for one score */
+    if (ok) {
+        Py_ssize_t k = 0;
+        if (m > 1) {
+            float best = f[0];
+            for (Py_ssize_t i = 1; i < m; i++) {
+                if (f[i] > best) {
+                    best = f[i];
+                    k = i;
+                }
+            }
+        }
+        else {
+            k = (double)f[0] >= 0.5;
+        }
+        Py_ssize_t n = PyObject_Length(labels);
+        if (n < 0) {
+            goto done;
+        }
+        label = k < n ? PySequence_GetItem(labels, k) : PyLong_FromSsize_t(k);
+        if (label == NULL) {
+            goto done;
+        }
+    }
+    else {
+        label = Py_None;
+        Py_INCREF(label);
+    }
+    if ((res = PyDict_New()) == NULL || PyDict_SetItem(res, s_label, label) < 0 ||
+        PyDict_SetItem(res, s_scores, scores) < 0 || (results = PyList_New(1)) == NULL) {
+        goto done;
+    }
+    PyList_SET_ITEM(results, 0, res);
+    res = NULL;
+    if (sampled != NULL) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(sampled, &pos, &key, &value)) {
+            PyObject *item = PyObject_GetItem(results, key);
+            if (item == NULL) {
+                goto done;
+            }
+            int e = PyObject_SetItem(item, s_sample_id, value);
+            Py_DECREF(item);
+            if (e < 0) {
+                goto done;
+            }
+        }
+    }
+    result = results;
+    results = NULL;
+done:
+    Py_XDECREF(t0);
+    Py_XDECREF(t1);
+    Py_XDECREF(out);
+    Py_XDECREF(scores);
+    Py_XDECREF(lat);
+    Py_XDECREF(x0);
+    Py_XDECREF(out0);
+    Py_XDECREF(listeners);
+    Py_XDECREF(sampled);
+    Py_XDECREF(label);
+    Py_XDECREF(res);
+    Py_XDECREF(results);
+    return result;
+}
+
+static PyObject *
+OneRow_vectorcall(OneRow *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *model = self->model, *loaded = self->loaded;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || loaded == NULL ||
+        np_type(args[0]) != NPK_F32) { /* any layout: x goes to the runner as it is */
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    PyObject *arg = args[0], *x;
+    const np_array_head *a = NP_HEAD(arg);
+    if (a->nd == 1) {
+        if ((x = PyObject_GetItem(arg, Py_None)) == NULL) { /* x[None, :] */
+            return NULL;
+        }
+    }
+    else if (a->nd >= 2 && a->dimensions[0] == 1) {
+        x = arg;
+        Py_INCREF(x);
+    }
+    else {
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    Py_INCREF(model);
+    Py_INCREF(loaded);
+    PyObject *result = one_row(self, model, loaded, x);
+    Py_DECREF(loaded);
+    Py_DECREF(model);
+    Py_DECREF(x);
+    return result;
+}
+
+static PyObject *
+OneRow_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"slow", "finish", "clock", NULL};
+    PyObject *slow, *finish, *clock;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO", kwlist, &slow, &finish, &clock)) {
+        return NULL;
+    }
+    OneRow *self = (OneRow *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)OneRow_vectorcall;
+    Py_INCREF(slow);
+    Py_INCREF(finish);
+    Py_INCREF(clock);
+    Py_INCREF(Py_None);
+    self->slow = slow;
+    self->finish = finish;
+    self->clock = clock;
+    self->monotonic = clock == perf_counter;
+    self->model = Py_None;
+    self->listeners = PyTuple_New(0);
+    self->batch_listeners = PyTuple_New(0);
+    if (self->listeners == NULL || self->batch_listeners == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+OneRow_traverse(OneRow *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->slow);
+    Py_VISIT(self->finish);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->model);
+    Py_VISIT(self->loaded);
+    Py_VISIT(self->listeners);
+    Py_VISIT(self->batch_listeners);
+    return 0;
+}
+
+static int
+OneRow_clear(OneRow *self)
+{
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->finish);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->model);
+    Py_CLEAR(self->loaded);
+    Py_CLEAR(self->listeners);
+    Py_CLEAR(self->batch_listeners);
+    return 0;
+}
+
+static void
+OneRow_dealloc(OneRow *self)
+{
+    PyObject_GC_UnTrack(self);
+    OneRow_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+OneRow_get(OneRow *self, void *closure)
+{
+    PyObject *v = *(PyObject **)((char *)self + (Py_ssize_t)closure);
+    if (v == NULL) {
+        v = Py_None;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+/* (runner.predict, lock.acquire, lock.release, labels) of a model that is not corrupt;
+ * NULL, without an error, for a model the Python path serves */
+static PyObject *
+loaded_of(PyObject *model)
+{
+    PyObject *corrupt, *runner = NULL, *lock = NULL, *out = NULL;
+    if (model == Py_None || (corrupt = PyObject_GetAttr(model, s_corrupt)) == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int c = PyObject_IsTrue(corrupt);
+    Py_DECREF(corrupt);
+    if (c == 0 && (runner = PyObject_GetAttr(model, s_runner)) != NULL &&
+        (lock = PyObject_GetAttr(model, s_lock)) != NULL) {
+        out = Py_BuildValue("(NNNN)", PyObject_GetAttr(runner, s_predict),
+                            PyObject_GetAttr(lock, s_acquire), PyObject_GetAttr(lock, s_release),
+                            PyObject_GetAttr(model, s_labels));
+    }
+    Py_XDECREF(runner);
+    Py_XDECREF(lock);
+    PyErr_Clear();
+    return out;
+}
+
+static int
+OneRow_set(OneRow *self, PyObject *value, void *closure)
+{
+    Py_ssize_t offset = (Py_ssize_t)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    if (offset != (Py_ssize_t)offsetof(OneRow, model) && !PyTuple_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "listeners must be a tuple");
+        return -1;
+    }
+    PyObject **slot = (PyObject **)((char *)self + offset);
+    if (offset == (Py_ssize_t)offsetof(OneRow, model)) {
+        Py_XSETREF(self->loaded, loaded_of(value));
+    }
+    Py_INCREF(value);
+    Py_XSETREF(*slot, value);
+    return 0;
+}
+
+static PyGetSetDef OneRow_getset[] = {
+    {"model", (getter)OneRow_get, (setter)OneRow_set, "the active model (or None)",
+     (void *)offsetof(OneRow, model)},
+    {"listeners", (getter)OneRow_get, (setter)OneRow_set, "the row listeners (a tuple)",
+     (void *)offsetof(OneRow, listeners)},
+    {"batch_listeners", (getter)OneRow_get, (setter)OneRow_set, "the batch listeners (a tuple)",
+     (void *)offsetof(OneRow, batch_listeners)},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject OneRowType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeops_agent._fastpath.OneRow",
+    .tp_basicsize = sizeof(OneRow),
+    .tp_dealloc = (destructor)OneRow_dealloc,
+    .tp_vectorcall_offset = offsetof(OneRow, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "OneRow(slow, finish, clock): the Predictor's one-row call in C",
+    .tp_traverse = (traverseproc)OneRow_traverse,
+    .tp_clear = (inquiry)OneRow_clear,
+    .tp_getset = OneRow_getset,
+    .tp_new = OneRow_new,
+};
+
+/* --- the module ------------------------------------------------------------------------ */
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT, "edgeops_agent._fastpath",
+    "The agent's one-row prediction path in C (see edgeops_agent.serve and .telemetry).", -1,
+    NULL, NULL, NULL, NULL, NULL,
+};
+
+static int
+intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    if (np_mirror_init() < 0) {
+        return NULL;
+    }
+    PyObject *faststats = PyImport_ImportModule("edgeops_protocol._faststats");
+    if (faststats == NULL) {
+        return NULL;
+    }
+    Py_DECREF(faststats); /* imported: PyCapsule_Import finds its attribute */
+    stats_api = (EdgeopsStatsCAPI *)PyCapsule_Import(EDGEOPS_FASTSTATS_CAPSULE, 0);
+    if (stats_api == NULL) {
+        return NULL;
+    }
+    if (stats_api->version != EDGEOPS_FASTSTATS_API_VERSION) {
+        PyErr_SetString(PyExc_ImportError, "edgeops_protocol._faststats is of another version");
+        return NULL;
+    }
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL) {
+        return NULL;
+    }
+    perf_counter = PyObject_GetAttrString(time, "perf_counter"); /* kept for good */
+    Py_DECREF(time);
+    if (perf_counter == NULL) {
+        return NULL;
+    }
+    if (intern(&s_acquire, "acquire") < 0 || intern(&s_release, "release") < 0 ||
+        intern(&s_predict, "predict") < 0 || intern(&s_runner, "runner") < 0 ||
+        intern(&s_lock, "lock") < 0 || intern(&s_corrupt, "corrupt") < 0 ||
+        intern(&s_labels, "labels") < 0 || intern(&s_label, "label") < 0 ||
+        intern(&s_scores, "scores") < 0 || intern(&s_sample_id, "sample_id") < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&RowSinkType) < 0 || PyType_Ready(&OneRowType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&fastpath_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&RowSinkType);
+    if (PyModule_AddObject(m, "RowSink", (PyObject *)&RowSinkType) < 0) {
+        Py_DECREF(&RowSinkType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&OneRowType);
+    if (PyModule_AddObject(m, "OneRow", (PyObject *)&OneRowType) < 0) {
+        Py_DECREF(&OneRowType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
