@@ -109,7 +109,8 @@ def test_windows_published_twice_are_stored_once(ws, broker, fleet):
 def test_each_committed_window_and_sample_is_acknowledged_to_its_own_device(ws, broker, fleet):
     """The end-to-end acks agents wait for: after the commit, each device gets the
     (boot, seq) of its windows and samples (duplicates too: they are stored), nobody gets
-    another device's, and a message that could not be parsed is not acknowledged."""
+    another device's, and neither a message that could not be parsed nor one from a device
+    the registry does not know (yet) is acknowledged."""
     store = MonitoringStore(ws.db, fleet["name"])
     name, model = fleet["name"], fleet["model"]
     msgs = _windows(fleet, per_device=3)
@@ -123,7 +124,9 @@ def test_each_committed_window_and_sample_is_acknowledged_to_its_own_device(ws, 
         _publish(broker.url, [sample(name, "d0", s, model) for s in (1, 2)])
         _publish(broker.url, [telemetry_msg(msgs[0])])  # again: a duplicate, acknowledged
         _publish(broker.url, [(telemetry_msg(msgs[1])[0], b"{not json")])  # never acknowledged
-        _wait(lambda: sum(store.counters().values()) == 2, what="duplicate and malformed")
+        stranger = window(name, "d99", 1, model, fleet["base"])  # no state yet: sent again later
+        _publish(broker.url, [telemetry_msg(stranger)])
+        _wait(lambda: sum(store.counters().values()) == 3, what="duplicate, malformed, unknown")
         for m in listener.drain(3.0):
             acks.setdefault(m.topic.split("/")[3], []).append(parse_ack(m.payload))
     assert store.window_count() == 30

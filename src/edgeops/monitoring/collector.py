@@ -245,7 +245,7 @@ class Collector:
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, 30.0)
-        self._send_acks(prepared)
+        self._send_acks(prepared, res.unknown_devices)
         for m in batch:  # only now: a crash before this line means redelivery, not loss
             self.client.ack(m)
         self.received += len(batch)
@@ -278,14 +278,18 @@ class Collector:
             res.rejected.update(one.rejected)
         return res
 
-    def _send_acks(self, prepared: Prepared | None) -> None:
+    def _send_acks(self, prepared: Prepared | None, unknown: set[str]) -> None:
         """Tell each device which of its windows and samples this committed batch holds
-        (stored, duplicates and rejections alike: the collector is done with them)."""
+        (stored, duplicates and rejections alike: the collector is done with them) — but
+        not a device the registry does not know yet: its first windows can overtake its
+        first state, and sent again they are stored."""
         if prepared is None:  # stored one by one after a parser failure: devices resend
             return
         acks: dict[str, dict[str, list[list[Any]]]] = {}
         for kind in ACK_KINDS:
             for _, m in prepared.parsed.get(kind, ()):
+                if m["device"] in unknown:
+                    continue
                 per = acks.setdefault(m["device"], {k: [] for k in ACK_KINDS})
                 per[kind].append([m["boot"], m["seq"]])
         for device, per in acks.items():

@@ -146,6 +146,8 @@ class IngestResult:
 
     accepted: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
+    # devices not in the fleet registry (yet): their messages may be sent again later
+    unknown_devices: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -330,6 +332,7 @@ class Ingestor:
             if m["device"] in known:
                 ok.append((topic, m))
             else:
+                res.unknown_devices.add(m["device"])
                 self._reject(res, topic, Rejected("unknown_device", f"{m['device']!r}"))
         return ok
 
