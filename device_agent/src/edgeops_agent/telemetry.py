@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -79,6 +78,7 @@ from edgeops_protocol.topics import ProtocolError, device_topic
 
 from .errors import PredictionError
 from .sampling import Sampler, SamplingBudget, budget_from
+from .serve import _load_fastpath
 from .stats import RateLimitedLog, Stats
 
 if TYPE_CHECKING:
@@ -93,17 +93,7 @@ MAX_SAMPLE_BYTES = 256 * 1024  # the collector's limit (parse_sample)
 MAX_TELEMETRY_BYTES = 256 * 1024  # the collector's limit (parse_telemetry)
 
 
-def _load_fastpath() -> Any:
-    if os.environ.get("EDGEOPS_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from . import _fastpath
-    except ImportError:  # not built (no C compiler at install time), or numpy's layout changed
-        return None
-    return _fastpath
-
-
-_fastpath = _load_fastpath()
+_fastpath = _load_fastpath()  # its own reference, so tests can switch it off here alone
 
 
 def model_ref(manifest: Mapping[str, Any]) -> dict[str, Any]:
