@@ -240,6 +240,7 @@ def test_probation_rolls_back_a_model_that_predicts_nan(server, start, agents):
     server.deploy(onnx_model(1), DEV, seq=6)
     server.wait_event(DEV, "activated", 6)
     wait_until(lambda: _serving_seq(corrupt) == 6, what="v2 serving")
+    assert corrupt.predictor._listeners == (corrupt._probation_listener,)  # on probation
     rows = onnx_model(1).rows
     for _ in range(25):
         out = corrupt.predictor.predict_rows(rows[:1])
@@ -249,6 +250,8 @@ def test_probation_rolls_back_a_model_that_predicts_nan(server, start, agents):
     event = server.wait_event(DEV, "rolled_back", 6)
     assert event["reason"].startswith("probation: error rate 1.00 over 20 predictions")
     wait_until(lambda: _serving_seq(corrupt) == 5, what="v1 serving again")
+    corrupt.wait_idle()
+    assert corrupt.predictor._listeners == ()  # rolled back without a probation: off
     state = wait_until(lambda: (s := server.last_state(DEV)) and s["model"]["seq"] == 5 and s)
     assert state["previous"]["seq"] == 6
     good = corrupt.predictor.predict_rows(onnx_model(0).rows)

@@ -389,6 +389,30 @@ def test_probation_judges_latency_and_ends_on_time():
     assert q.record(True, 1.0) is None and not q.active() and q.count == 0
 
 
+def test_the_probation_listener_is_on_the_predictor_only_while_a_probation_runs(tmp_path):
+    from edgeops_agent import Agent
+
+    clock = Clock()
+    agent = Agent(
+        AgentConfig(device="pi", fleet="lab", state_dir=tmp_path, public_keys=(bytes(32),)),
+        clock=clock,
+    )
+    predictor, _ = _predictor()
+    agent.predictor.load(predictor.model)
+    row = onnx_model(0).matrix[:1]
+    assert agent.predictor._listeners == ()  # no probation: no listener, no Python call
+    agent._probation = probation = Probation(10.0, max_error_rate=0.5, latency_budget_ms=0,
+                                             clock=clock)  # fmt: skip
+    agent._probation = probation  # set twice: still listed once
+    assert agent.predictor._listeners == (agent._probation_listener,)
+    for _ in range(3):
+        agent.predictor.predict_features(row)
+    assert probation.count == 3
+    agent._probation = None
+    agent.predictor.predict_features(row)
+    assert probation.count == 3 and agent.predictor._listeners == ()
+
+
 def _predictor(**kw) -> tuple[Predictor, LoadedModel]:
     model = onnx_model(0)
     manifest = make_manifest(model, fleet="lab", device="pi", seq=1)

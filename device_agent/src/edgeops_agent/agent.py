@@ -92,7 +92,7 @@ class Agent:
         self._stats = Stats()
         self._rlog = RateLimitedLog(log)
         self.predictor = Predictor(extra_latency_ms=config.simulate.extra_latency_ms)
-        self.predictor.add_listener(self._on_prediction)
+        self._probation_listener = self._on_prediction  # attached while a probation runs
         self.telemetry = Telemetry.from_config(
             config, clock=clock, counters=self._stats, notify=self._wake_monitor
         )
@@ -133,7 +133,7 @@ class Agent:
         self.boot = ""
         self.events: deque[dict[str, Any]] = deque(maxlen=200)  # recent events, newest last
         self._deployment: Deployment | None = None
-        self._probation: Probation | None = None
+        self._probation_now: Probation | None = None
         self._link: Any = None  # MqttLink, imported on start (paho is only needed then)
         self._http: Any = None
         self._fetch: HttpFetch | None = None  # the HTTP download in flight
@@ -675,6 +675,20 @@ class Agent:
         log.info("activated %s (seq %d) in slot %s", model.name, meta["seq"], slot)
 
     # --- probation and rollback --------------------------------------------------------
+    @property
+    def _probation(self) -> Probation | None:
+        return self._probation_now
+
+    @_probation.setter
+    def _probation(self, probation: Probation | None) -> None:
+        """The probation that runs (None: none); its listener is on the predictor only
+        meanwhile, so that predictions after it cost no Python call."""
+        self._probation_now = probation
+        if probation is None:
+            self.predictor.remove_listener(self._probation_listener)
+        else:
+            self.predictor.add_listener(self._probation_listener, once=True)
+
     def _start_probation(self, meta: dict[str, Any], manifest: dict[str, Any]) -> None:
         health = manifest["health"]
         until = float(meta.get("activated_at") or 0) + float(health["probation_s"])
@@ -688,7 +702,7 @@ class Agent:
             )
 
     def _on_prediction(self, features: Any, outputs: Any, latency_ms: float, error: bool) -> None:
-        probation = self._probation
+        probation = self._probation_now
         if probation is None:
             return
         reason = probation.record(error, latency_ms)

@@ -28,7 +28,6 @@ unusual outcome (the model raised, odd outputs), is the Python code below.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 from edgeops_protocol.baseline import labels_of
 from edgeops_protocol.features import FeatureSpecError, FittedFeatures
 
+from ._native import load_fastpath as _load_fastpath
 from .errors import DeployFailed, NoModel, PredictionError
 from .runtime import Runner
 
@@ -51,16 +51,6 @@ BatchListener = Callable[
     "Mapping[int, str] | None",
 ]
 MAX_ROWS = 10_000  # one request; bounds the memory a single call can take
-
-
-def _load_fastpath() -> Any:
-    if os.environ.get("EDGEOPS_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from . import _fastpath
-    except ImportError:  # not built (no C compiler at install time), or numpy's layout changed
-        return None
-    return _fastpath
 
 
 _fastpath = _load_fastpath()
@@ -140,10 +130,20 @@ class Predictor:
         if self._core is not None:
             self._core.model = model
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, *, once: bool = False) -> None:
+        """Call ``listener`` for every row predicted (``once``: unless it is already there)."""
+        if once and listener in self._listeners:
+            return
         self._listeners = (*self._listeners, listener)
         if self._core is not None:
             self._core.listeners = self._listeners
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (nothing happens if it is not there)."""
+        if listener in self._listeners:
+            self._listeners = tuple(x for x in self._listeners if x != listener)
+            if self._core is not None:
+                self._core.listeners = self._listeners
 
     def add_batch_listener(self, listener: BatchListener) -> None:
         self._batch_listeners = (*self._batch_listeners, listener)
