@@ -27,6 +27,9 @@
 
 #include <math.h>
 #include <time.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "_faststats.h"
 #include "_npmirror.h"
@@ -637,6 +640,526 @@ static PyTypeObject OneRowType = {
     .tp_new = OneRow_new,
 };
 
+/* --- RowKernel --------------------------------------------------------------------------- */
+
+/* TFLiteRunner.predict for one float32 row, in C: the row (any layout) quantized or
+ * copied into the input tensor, Invoke, the output tensor dequantized or copied into a new
+ * float32 array of shape (1, ...) -- the Python path's numbers exactly (quantize: round
+ * half to even of x / scale in float32, plus the zero point, clipped; dequantize:
+ * (q - zero point) * scale in float32). Anything else goes to the Python method
+ * (``slow``): other types or shapes, a runner not allocated for one row (``active``
+ * false), and for integer inputs a row with a value that is not finite.
+ *
+ * The tensors are reached one of two ways, chosen by the runner (``configure``):
+ * through the interpreter's own SetTensor / GetTensor (copies; always valid), or, for
+ * graphs whose tensors the runtime never moves after allocation (the runner checks the
+ * graph: every operator of a kind with static output shapes), through the tensors' data
+ * pointers, read once after each allocation. In that mode the pointers are read again
+ * every RECHECK calls (``pointers``, a runner method) and the kernel goes back to the
+ * copies for good if they ever moved. */
+
+#define ROW_RECHECK 1024
+#define ROW_MAX_ND 8
+
+enum { RT_F32 = 0, RT_I8 = 1, RT_U8 = 2 };
+enum { NP_INT8 = 1, NP_UINT8 = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow;      /* the runner's Python predict */
+    PyObject *interp;    /* the runner's Interpreter (the Python wrapper object) */
+    PyObject *empty;     /* numpy.empty */
+    PyObject *f32;       /* numpy.dtype("float32") */
+    PyObject *out_shape; /* (1, ...) */
+    PyObject *in_buf;    /* an array of the input tensor's type and shape, ours */
+    PyObject *in_index, *out_index;
+    PyObject *pointers; /* () -> (input address, output address); None: copies only */
+    PyObject *last_out; /* the last result (see rk_output_array) */
+    int active;
+    int in_type, out_type;
+    float in_scale, in_zp, out_scale, out_zp;
+    Py_ssize_t in_count, out_count;
+    int row_nd;
+    Py_intptr_t row_shape[ROW_MAX_ND];
+    char *raw_in, *raw_out; /* NULL: SetTensor / GetTensor */
+    unsigned long calls;
+    float *scratch; /* in_count floats: a strided row gathered */
+} RowKernel;
+
+static PyObject *s_interpreter_attr, *s_SetTensor, *s_GetTensor, *s_Invoke;
+
+static int
+rk_type_of(const char *name)
+{
+    if (strcmp(name, "float32") == 0) {
+        return RT_F32;
+    }
+    if (strcmp(name, "int8") == 0) {
+        return RT_I8;
+    }
+    if (strcmp(name, "uint8") == 0) {
+        return RT_U8;
+    }
+    return -1;
+}
+
+/* clip(round(src / scale) + zp, lo, hi) into dst (int8 or uint8), with numpy's float32
+ * arithmetic; separate loops per type, with no stores that could alias the inputs, so
+ * that the compiler vectorizes them */
+#define RK_QUANTIZE(NAME, T)                                                                  \
+    static void NAME(const float *restrict src, T *restrict dst, Py_ssize_t n, float scale,  \
+                     float zp, float lo, float hi)                                           \
+    {                                                                                        \
+        const float magic = 12582912.0f; /* 1.5 * 2^23: v + magic - magic rounds half to even \
+                                          */                                                 \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                 \
+            float v = src[i] / scale; /* float32, as numpy computes it */                    \
+            /* beyond +-1024 the result is clipped whatever the zero point (-128..255); within \
+             * it the addition rounds as rint does (no -ffast-math: it is not simplified) */ \
+            v = v < -1024.0f ? -1024.0f : v;                                                 \
+            v = v > 1024.0f ? 1024.0f : v;                                                   \
+            float r = ((v + magic) - magic) + zp;                                            \
+            r = r < lo ? lo : r;                                                             \
+            r = r > hi ? hi : r;                                                             \
+            dst[i] = (T)(int)r;                                                              \
+        }                                                                                    \
+    }
+RK_QUANTIZE(rk_quantize_i8, int8_t)
+RK_QUANTIZE(rk_quantize_u8, uint8_t)
+
+/* the row's values into the input tensor's buffer dst; 0, or 1 when an integer input
+ * meets a value that is not finite (the Python path handles it) */
+static int
+rk_write_input(RowKernel *self, const float *src, char *dst)
+{
+    const Py_ssize_t n = self->in_count;
+    if (self->in_type == RT_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return 0;
+    }
+    int bad = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        bad |= !(src[i] - src[i] == 0.0f); /* NaN or an infinity */
+    }
+    if (bad) {
+        return 1;
+    }
+    const int i8 = self->in_type == RT_I8;
+    const float lo = i8 ? -128.0f : 0.0f, hi = i8 ? 127.0f : 255.0f;
+    Py_ssize_t done = 0;
+#if defined(__SSE2__)
+    /* four at a time: the same steps; cvtps2dq rounds half to even (the default MXCSR
+     * mode, which the scalar loop's rounding relies on too) */
+    const __m128 vs = _mm_set1_ps(self->in_scale), vzp = _mm_set1_ps(self->in_zp);
+    const __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
+    const __m128 vmin = _mm_set1_ps(-1024.0f), vmax = _mm_set1_ps(1024.0f);
+    for (; done + 4 <= n; done += 4) {
+        __m128 v = _mm_div_ps(_mm_loadu_ps(src + done), vs);
+        v = _mm_min_ps(_mm_max_ps(v, vmin), vmax);
+        __m128 r = _mm_add_ps(_mm_cvtepi32_ps(_mm_cvtps_epi32(v)), vzp);
+        r = _mm_min_ps(_mm_max_ps(r, vlo), vhi);
+        __m128i q = _mm_cvttps_epi32(r);
+        q = _mm_packs_epi32(q, q); /* exact: the values are within int16 */
+        q = i8 ? _mm_packs_epi16(q, q) : _mm_packus_epi16(q, q);
+        const int32_t four = _mm_cvtsi128_si32(q);
+        memcpy(dst + done, &four, 4);
+    }
+#endif
+    if (i8) {
+        rk_quantize_i8(src + done, (int8_t *)dst + done, n - done, self->in_scale, self->in_zp,
+                       lo, hi);
+    }
+    else {
+        rk_quantize_u8(src + done, (uint8_t *)dst + done, n - done, self->in_scale,
+                       self->in_zp, lo, hi);
+    }
+    return 0;
+}
+
+static void
+rk_read_output(RowKernel *self, const char *src, float *dst)
+{
+    const Py_ssize_t n = self->out_count;
+    if (self->out_type == RT_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    const float scale = self->out_scale, zp = self->out_zp;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float q = self->out_type == RT_I8 ? (float)((const int8_t *)src)[i]
+                                          : (float)((const uint8_t *)src)[i];
+        volatile float d = q - zp; /* not fused with the product, whatever the flags */
+        dst[i] = d * scale;
+    }
+}
+
+/* the pointers again (every ROW_RECHECK calls): 0 if unchanged; 1 if they moved (the
+ * kernel now uses the copies); -1 on an error */
+static int
+rk_recheck(RowKernel *self)
+{
+    PyObject *p = PyObject_CallNoArgs(self->pointers);
+    if (p == NULL) {
+        return -1;
+    }
+    int moved = 1;
+    if (PyTuple_Check(p) && PyTuple_GET_SIZE(p) == 2) {
+        void *a = PyLong_AsVoidPtr(PyTuple_GET_ITEM(p, 0));
+        void *b = PyLong_AsVoidPtr(PyTuple_GET_ITEM(p, 1));
+        if (PyErr_Occurred()) {
+            Py_DECREF(p);
+            return -1;
+        }
+        moved = (char *)a != self->raw_in || (char *)b != self->raw_out;
+    }
+    Py_DECREF(p);
+    if (moved) {
+        self->raw_in = self->raw_out = NULL;
+        Py_CLEAR(self->pointers);
+    }
+    return moved;
+}
+
+static PyObject *
+rk_call_method(PyObject *w, PyObject *name, PyObject *a, PyObject *b)
+{
+    PyObject *args[3] = {w, a, b};
+    return PyObject_VectorcallMethod(name, args, (a == NULL ? 1 : (b == NULL ? 2 : 3)) |
+                                                     PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* the array for the next result (new reference): the last one again when nobody else
+ * holds it any more (its only reference is ours, so no caller, view or buffer can see
+ * it change; CPython's zip() reuses its result tuple the same way) and it is still the
+ * C-contiguous float32 array of the output's shape it was made as; else a new one */
+static PyObject *
+rk_output_array(RowKernel *self)
+{
+    PyObject *last = self->last_out;
+    if (last != NULL && Py_REFCNT(last) == 1) {
+        const np_array_head *a = NP_HEAD(last);
+        int same = np_kind(last) == NPK_F32 && a->nd == PyTuple_GET_SIZE(self->out_shape) &&
+                   np_size(last) == self->out_count && a->base == NULL &&
+                   (a->flags & NP_WRITEABLE);
+        for (int d = 0; same && d < a->nd; d++) {
+            same = a->dimensions[d] == PyLong_AsSsize_t(PyTuple_GET_ITEM(self->out_shape, d));
+        }
+        if (same) {
+            Py_INCREF(last);
+            return last;
+        }
+    }
+    PyObject *eargs[2] = {self->out_shape, self->f32};
+    PyObject *res = PyObject_Vectorcall(self->empty, eargs, 2, NULL);
+    if (res != NULL) {
+        Py_INCREF(res);
+        Py_XSETREF(self->last_out, res);
+    }
+    return res;
+}
+
+static PyObject *
+RowKernel_vectorcall(RowKernel *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || !self->active ||
+        np_type(args[0]) != NPK_F32) {
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    PyObject *x = args[0];
+    const np_array_head *a = NP_HEAD(x);
+    int fits = a->nd == self->row_nd + 1 && a->dimensions[0] == 1;
+    for (int d = 0; fits && d < self->row_nd; d++) {
+        fits = a->dimensions[d + 1] == self->row_shape[d];
+    }
+    if (!fits) {
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    const float *src;
+    if (np_kind(x) == NPK_F32) {
+        src = (const float *)a->data;
+    }
+    else {
+        np_gather(x, self->scratch, self->in_count);
+        src = self->scratch;
+    }
+    if (self->raw_in != NULL && ++self->calls % ROW_RECHECK == 0) {
+        if (rk_recheck(self) < 0) {
+            return NULL;
+        }
+    }
+    char *dst = self->raw_in != NULL ? self->raw_in : NP_HEAD(self->in_buf)->data;
+    if (rk_write_input(self, src, dst)) {
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    PyObject *w = PyObject_GetAttr(self->interp, s_interpreter_attr), *r, *got = NULL;
+    if (w == NULL) {
+        return NULL;
+    }
+    if (self->raw_in == NULL) {
+        if ((r = rk_call_method(w, s_SetTensor, self->in_index, self->in_buf)) == NULL) {
+            Py_DECREF(w);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if ((r = rk_call_method(w, s_Invoke, NULL, NULL)) == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_DECREF(r);
+    const char *out_data = self->raw_out;
+    if (out_data == NULL) {
+        got = rk_call_method(w, s_GetTensor, self->out_index, NULL);
+        Py_DECREF(w);
+        if (got == NULL) {
+            return NULL;
+        }
+        int want = self->out_type == RT_F32 ? NP_FLOAT32
+                                            : (self->out_type == RT_I8 ? NP_INT8 : NP_UINT8);
+        int same = Py_TYPE(got) == np_ndarray_type &&
+                   ((const np_descr_head *)NP_HEAD(got)->descr)->type_num == want &&
+                   (NP_HEAD(got)->flags & (NP_C_CONTIGUOUS | NP_ALIGNED)) ==
+                       (NP_C_CONTIGUOUS | NP_ALIGNED) &&
+                   NP_HEAD(got)->nd == PyTuple_GET_SIZE(self->out_shape);
+        for (int d = 0; same && d < NP_HEAD(got)->nd; d++) {
+            same = NP_HEAD(got)->dimensions[d] ==
+                   PyLong_AsSsize_t(PyTuple_GET_ITEM(self->out_shape, d));
+        }
+        if (!same) { /* not the output the model declared: the Python code, from the start */
+            Py_DECREF(got);
+            return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+        }
+        if (self->out_type == RT_F32) {
+            return got; /* a new array already: the interpreter's copy */
+        }
+        out_data = NP_HEAD(got)->data;
+    }
+    else {
+        Py_DECREF(w);
+    }
+    PyObject *res = rk_output_array(self);
+    if (res != NULL) {
+        rk_read_output(self, out_data, (float *)NP_HEAD(res)->data);
+    }
+    Py_XDECREF(got);
+    return res;
+}
+
+static PyObject *
+RowKernel_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"slow", "interpreter", "empty", "f32", NULL};
+    PyObject *slow, *interp, *empty, *f32;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO", kwlist, &slow, &interp, &empty, &f32)) {
+        return NULL;
+    }
+    RowKernel *self = (RowKernel *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)RowKernel_vectorcall;
+    Py_INCREF(slow);
+    self->slow = slow;
+    Py_INCREF(interp);
+    self->interp = interp;
+    Py_INCREF(empty);
+    self->empty = empty;
+    Py_INCREF(f32);
+    self->f32 = f32;
+    return (PyObject *)self;
+}
+
+/* configure(in_index, out_index, in_type, in_scale, in_zp, out_type, out_scale, out_zp,
+ *           row_shape, out_shape, in_buf, pointers): the tensors after an allocation for
+ * one row; pointers is None (copies) or a callable giving the data addresses */
+static PyObject *
+RowKernel_configure(RowKernel *self, PyObject *args)
+{
+    PyObject *in_index, *out_index, *row_shape, *out_shape, *in_buf, *pointers;
+    const char *in_name, *out_name;
+    double in_scale, out_scale;
+    long in_zp, out_zp;
+    if (!PyArg_ParseTuple(args, "OOsdlsdlO!O!OO", &in_index, &out_index, &in_name, &in_scale,
+                          &in_zp, &out_name, &out_scale, &out_zp, &PyTuple_Type, &row_shape,
+                          &PyTuple_Type, &out_shape, &in_buf, &pointers)) {
+        return NULL;
+    }
+    self->active = 0;
+    int in_type = rk_type_of(in_name), out_type = rk_type_of(out_name);
+    Py_ssize_t nd = PyTuple_GET_SIZE(row_shape), in_count = 1, out_count = 1;
+    if (in_type < 0 || out_type < 0 || nd < 1 || nd > ROW_MAX_ND ||
+        PyTuple_GET_SIZE(out_shape) < 1) {
+        PyErr_SetString(PyExc_ValueError, "the kernel takes float32, int8 or uint8 tensors");
+        return NULL;
+    }
+    for (Py_ssize_t d = 0; d < nd; d++) {
+        self->row_shape[d] = PyLong_AsSsize_t(PyTuple_GET_ITEM(row_shape, d));
+        in_count *= self->row_shape[d];
+    }
+    for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(out_shape); d++) {
+        out_count *= PyLong_AsSsize_t(PyTuple_GET_ITEM(out_shape, d));
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    int buf_type = in_type == RT_F32 ? NP_FLOAT32 : (in_type == RT_I8 ? NP_INT8 : NP_UINT8);
+    if (in_count < 1 || out_count < 1 || Py_TYPE(in_buf) != np_ndarray_type ||
+        ((const np_descr_head *)NP_HEAD(in_buf)->descr)->type_num != buf_type ||
+        (NP_HEAD(in_buf)->flags & (NP_C_CONTIGUOUS | NP_ALIGNED)) !=
+            (NP_C_CONTIGUOUS | NP_ALIGNED) ||
+        np_size(in_buf) != in_count) {
+        PyErr_SetString(PyExc_ValueError, "in_buf must be a C-contiguous array of the input");
+        return NULL;
+    }
+    char *raw_in = NULL, *raw_out = NULL;
+    if (pointers != Py_None) {
+        PyObject *p = PyObject_CallNoArgs(pointers);
+        if (p == NULL) {
+            return NULL;
+        }
+        if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 2) {
+            Py_DECREF(p);
+            PyErr_SetString(PyExc_TypeError, "pointers() must give two addresses");
+            return NULL;
+        }
+        raw_in = PyLong_AsVoidPtr(PyTuple_GET_ITEM(p, 0));
+        raw_out = PyLong_AsVoidPtr(PyTuple_GET_ITEM(p, 1));
+        Py_DECREF(p);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        if (raw_in == NULL || raw_out == NULL) {
+            pointers = Py_None;
+            raw_in = raw_out = NULL;
+        }
+    }
+    float *scratch = PyMem_Realloc(self->scratch, (size_t)in_count * sizeof(float));
+    if (scratch == NULL) {
+        return PyErr_NoMemory();
+    }
+    self->scratch = scratch;
+    self->in_count = in_count;
+    self->out_count = out_count;
+    self->row_nd = (int)nd;
+    self->in_type = in_type;
+    self->out_type = out_type;
+    self->in_scale = (float)in_scale;
+    self->in_zp = (float)in_zp;
+    self->out_scale = (float)out_scale;
+    self->out_zp = (float)out_zp;
+    self->raw_in = raw_in;
+    self->raw_out = raw_out;
+    self->calls = 0;
+    Py_INCREF(in_index);
+    Py_XSETREF(self->in_index, in_index);
+    Py_INCREF(out_index);
+    Py_XSETREF(self->out_index, out_index);
+    Py_INCREF(out_shape);
+    Py_XSETREF(self->out_shape, out_shape);
+    Py_CLEAR(self->last_out);
+    Py_INCREF(in_buf);
+    Py_XSETREF(self->in_buf, in_buf);
+    if (pointers == Py_None) {
+        Py_CLEAR(self->pointers);
+    }
+    else {
+        Py_INCREF(pointers);
+        Py_XSETREF(self->pointers, pointers);
+    }
+    self->active = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+RowKernel_deactivate(RowKernel *self, PyObject *Py_UNUSED(ignored))
+{
+    self->active = 0;
+    self->raw_in = self->raw_out = NULL;
+    Py_CLEAR(self->pointers);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+RowKernel_mode(RowKernel *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(!self->active ? "off" : (self->raw_in ? "pointers" : "copies"));
+}
+
+static int
+RowKernel_traverse(RowKernel *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->slow);
+    Py_VISIT(self->interp);
+    Py_VISIT(self->empty);
+    Py_VISIT(self->f32);
+    Py_VISIT(self->out_shape);
+    Py_VISIT(self->in_buf);
+    Py_VISIT(self->in_index);
+    Py_VISIT(self->out_index);
+    Py_VISIT(self->pointers);
+    Py_VISIT(self->last_out);
+    return 0;
+}
+
+static int
+RowKernel_clear(RowKernel *self)
+{
+    self->active = 0;
+    self->raw_in = self->raw_out = NULL;
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->interp);
+    Py_CLEAR(self->empty);
+    Py_CLEAR(self->f32);
+    Py_CLEAR(self->out_shape);
+    Py_CLEAR(self->in_buf);
+    Py_CLEAR(self->in_index);
+    Py_CLEAR(self->out_index);
+    Py_CLEAR(self->pointers);
+    Py_CLEAR(self->last_out);
+    return 0;
+}
+
+static void
+RowKernel_dealloc(RowKernel *self)
+{
+    PyObject_GC_UnTrack(self);
+    RowKernel_clear(self);
+    PyMem_Free(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef RowKernel_methods[] = {
+    {"configure", (PyCFunction)RowKernel_configure, METH_VARARGS,
+     "configure(in_index, out_index, in_dtype, in_scale, in_zero_point, out_dtype, "
+     "out_scale, out_zero_point, row_shape, out_shape, in_buf, pointers): serve one-row "
+     "calls on the interpreter as it is allocated now"},
+    {"deactivate", (PyCFunction)RowKernel_deactivate, METH_NOARGS,
+     "send every call to the Python method (the interpreter is being reallocated)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef RowKernel_getset[] = {
+    {"mode", (getter)RowKernel_mode, NULL,
+     "'pointers', 'copies' (SetTensor/GetTensor), or 'off' (the Python method)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RowKernelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edgeops_agent._fastpath.RowKernel",
+    .tp_basicsize = sizeof(RowKernel),
+    .tp_dealloc = (destructor)RowKernel_dealloc,
+    .tp_vectorcall_offset = offsetof(RowKernel, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "RowKernel(slow, interpreter, empty, f32): TFLiteRunner.predict of one row in C",
+    .tp_traverse = (traverseproc)RowKernel_traverse,
+    .tp_clear = (inquiry)RowKernel_clear,
+    .tp_methods = RowKernel_methods,
+    .tp_getset = RowKernel_getset,
+    .tp_new = RowKernel_new,
+};
+
 /* --- the module ------------------------------------------------------------------------ */
 
 static struct PyModuleDef fastpath_module = {
@@ -684,10 +1207,13 @@ PyInit__fastpath(void)
         intern(&s_predict, "predict") < 0 || intern(&s_runner, "runner") < 0 ||
         intern(&s_lock, "lock") < 0 || intern(&s_corrupt, "corrupt") < 0 ||
         intern(&s_labels, "labels") < 0 || intern(&s_label, "label") < 0 ||
-        intern(&s_scores, "scores") < 0 || intern(&s_sample_id, "sample_id") < 0) {
+        intern(&s_scores, "scores") < 0 || intern(&s_sample_id, "sample_id") < 0 ||
+        intern(&s_interpreter_attr, "_interpreter") < 0 || intern(&s_SetTensor, "SetTensor") < 0 ||
+        intern(&s_GetTensor, "GetTensor") < 0 || intern(&s_Invoke, "Invoke") < 0) {
         return NULL;
     }
-    if (PyType_Ready(&RowSinkType) < 0 || PyType_Ready(&OneRowType) < 0) {
+    if (PyType_Ready(&RowSinkType) < 0 || PyType_Ready(&OneRowType) < 0 ||
+        PyType_Ready(&RowKernelType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&fastpath_module);
@@ -703,6 +1229,12 @@ PyInit__fastpath(void)
     Py_INCREF(&OneRowType);
     if (PyModule_AddObject(m, "OneRow", (PyObject *)&OneRowType) < 0) {
         Py_DECREF(&OneRowType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RowKernelType);
+    if (PyModule_AddObject(m, "RowKernel", (PyObject *)&RowKernelType) < 0) {
+        Py_DECREF(&RowKernelType);
         Py_DECREF(m);
         return NULL;
     }

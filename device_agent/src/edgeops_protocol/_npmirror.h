@@ -40,7 +40,7 @@ typedef struct {
 } np_descr_head;
 
 enum { NP_BOOL = 0, NP_FLOAT32 = 11, NP_FLOAT64 = 12 };
-enum { NP_C_CONTIGUOUS = 0x0001, NP_ALIGNED = 0x0100 };
+enum { NP_C_CONTIGUOUS = 0x0001, NP_ALIGNED = 0x0100, NP_WRITEABLE = 0x0400 };
 enum { NPK_NONE = 0, NPK_F32 = 1, NPK_F64 = 2, NPK_BOOL = 3 };
 
 static PyTypeObject *np_ndarray_type = NULL;

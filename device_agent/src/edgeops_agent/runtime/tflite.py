@@ -14,6 +14,21 @@ one ``set_tensor``/``invoke``/``get_tensor`` each. A model with a fixed batch
 dimension, or one whose graph refuses the resize, is run row by row at its own
 batch size; that path is slower for big batches but always correct, and it is
 chosen once, at the first failure, not retried on every call.
+
+One row in C: with the extension ``edgeops_agent._fastpath`` built, ``predict`` of one
+float32 row of a float32, int8 or uint8 model is its ``RowKernel`` (the same numbers
+as the Python code: the same quantize and dequantize in float32, the row copied or
+quantized into the input tensor, ``Invoke``, the output tensor copied or dequantized
+into a new array). It reaches the tensors through the interpreter's ``SetTensor`` and
+``GetTensor`` copies, or, when the graph is one whose tensors the runtime never moves
+once allocated (:func:`static_graph`: every operator of a kind whose output shapes are
+fixed at allocation, their shape and axis inputs constants, one subgraph), through
+the tensors' data, whose addresses are read after every allocation and checked again
+every 1,024 calls (the kernel goes back to the copies if they ever moved). Anything
+else -- batches, other types, a non-finite value for an integer input, a model whose
+output row shape is not fixed -- is the Python code, and a runner whose kernel gives
+other bytes than the Python code for a row of zeros keeps the Python code.
+``EDGEOPS_PURE_PYTHON=1`` turns it off.
 """
 
 from __future__ import annotations
@@ -22,9 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from .._native import load_fastpath
 from .base import RuntimeMissing, TensorInfo
 
-__all__ = ["TFLiteRunner", "dequantize", "quantize"]
+__all__ = ["TFLiteRunner", "dequantize", "quantize", "static_graph"]
+
+_fastpath = load_fastpath()
 
 _MAX_ROWS_PER_INVOKE = 1024  # bounds the memory a single huge batch can allocate
 
@@ -49,6 +67,85 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(
         np.float32
     )
+
+
+# Operators whose output shapes follow from their input shapes alone, and those whose
+# output shapes also depend on the values of the listed inputs (the graph is static
+# when those are constants). Any other operator (control flow, custom operators,
+# shapes computed at run time) may give the runtime dynamic tensors, which it may
+# reallocate during Invoke: such graphs use the copies.
+# fmt: off
+_STATIC_OPS = frozenset((
+    "ADD", "SUB", "MUL", "DIV", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM", "AVERAGE_POOL_2D",
+    "MAX_POOL_2D", "L2_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX",
+    "LOG_SOFTMAX", "LOGISTIC", "TANH", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
+    "LEAKY_RELU", "HARD_SWISH", "PRELU", "ELU", "GELU", "QUANTIZE", "DEQUANTIZE",
+    "CONCATENATION", "SQUEEZE", "BATCH_MATMUL", "ABS", "EXP", "LOG", "SQRT", "RSQRT", "SQUARE",
+    "NEG", "FLOOR", "CEIL", "ROUND", "L2_NORMALIZATION", "LOCAL_RESPONSE_NORMALIZATION",
+    "CAST", "SIN", "COS",
+))
+# fmt: on
+_CONST_INPUTS = {
+    "RESHAPE": (1,),
+    "EXPAND_DIMS": (1,),
+    "MEAN": (1,),
+    "SUM": (1,),
+    "REDUCE_MAX": (1,),
+    "REDUCE_MIN": (1,),
+    "REDUCE_PROD": (1,),
+    "PAD": (1,),
+    "PADV2": (1,),
+    "TRANSPOSE": (1,),
+    "ARG_MAX": (1,),
+    "ARG_MIN": (1,),
+    "SLICE": (1, 2),
+    "STRIDED_SLICE": (1, 2, 3),
+    "TILE": (1,),
+}
+
+
+def static_graph(model_bytes: bytes) -> bool:
+    """Whether the runtime never moves this model's tensors once they are allocated.
+
+    True when the flatbuffer has one subgraph and every operator is one of
+    ``_STATIC_OPS``, or one of ``_CONST_INPUTS`` whose shape and axis inputs are
+    constants (tensors with data in the model). False when in doubt, including when
+    the runtime's flatbuffer schema module cannot be imported.
+    """
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        try:
+            from tflite_runtime import schema_py_generated as schema  # type: ignore[no-redef]
+        except ImportError:
+            return False
+    try:
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+        model = schema.Model.GetRootAs(bytes(model_bytes), 0)
+        if model.SubgraphsLength() != 1:
+            return False
+        graph = model.Subgraphs(0)
+
+        def constant(tensor: int) -> bool:
+            if tensor < 0:
+                return True  # an optional input that is absent
+            buffer = model.Buffers(graph.Tensors(tensor).Buffer())
+            return bool(buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1))
+
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+            if name in _STATIC_OPS:
+                continue
+            inputs = op.InputsAsNumpy().tolist() if op.InputsLength() else []
+            if name not in _CONST_INPUTS or not all(
+                constant(inputs[k]) for k in _CONST_INPUTS[name] if k < len(inputs)
+            ):
+                return False
+        return True
+    except Exception:  # a flatbuffer the schema cannot read: the interpreter has the last word
+        return False
 
 
 def _load_interpreter_class() -> tuple[Any, str]:
@@ -121,9 +218,105 @@ class TFLiteRunner:
         self._row_shape = self._allocated_shape[1:]
         self._fixed_batch = self._allocated_shape[0]
         self._resizable = bool(self._in.shape) and self._in.shape[0] == -1
+        self._kernel: Any = None
+        if _fastpath is not None and self._kernel_fits():
+            self._static = static_graph(model_bytes)
+            self._kernel = _fastpath.RowKernel(
+                self._predict, self._interpreter, np.empty, np.dtype(np.float32)
+            )
+            self._configure_kernel()
+            if self._kernel_agrees():
+                # the C call itself for one row (it calls _predict for everything else)
+                self.predict = self._kernel  # type: ignore[method-assign]
+            else:
+                self._kernel = None
+
+    @property
+    def row_path(self) -> str:
+        """How one float32 row runs: ``pointers`` or ``copies`` (in C), or ``python``."""
+        mode = "off" if self._kernel is None else str(self._kernel.mode)
+        return "python" if mode == "off" else mode
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float32 outputs of the first output tensor for the batch ``x``."""
+        return self._predict(x)
+
+    def _kernel_fits(self) -> bool:
+        """Float32/int8/uint8 tensors, and an output of rows (a batch dimension and more)
+        whose row shape is fixed (declared without -1 or 0 outside the batch dimension):
+        one the kernel can size beforehand."""
+        types = ("float32", "int8", "uint8")
+        out_rows = self._out.shape[1:]
+        return (
+            self._in.dtype in types
+            and self._out.dtype in types
+            and (self._in.dtype == "float32" or self._in.scale != 0.0)
+            and 1 <= len(self._row_shape) <= 7
+            and len(self._out.shape) >= 2
+            and tuple(out_rows) == tuple(self._out_row_shape)
+            and all(d > 0 for d in out_rows)
+        )
+
+    def _kernel_agrees(self) -> bool:
+        """One row of zeros through the C path and the Python path: the same bytes (a
+        runtime whose interpreter does not behave as the kernel expects keeps Python)."""
+        probe = np.zeros((1, *self._row_shape), dtype=np.float32)
+        try:
+            fast = self._kernel(probe)
+            slow = self._predict(probe)
+        except Exception:  # any failure means: not with this runtime
+            return False
+        return bool(fast.dtype == slow.dtype and fast.shape == slow.shape) and (
+            fast.tobytes() == slow.tobytes()
+        )
+
+    def _configure_kernel(self) -> None:
+        """After every allocation: one-row calls in C when the interpreter is allocated
+        for one row, else in Python."""
+        kernel = self._kernel
+        if kernel is None:
+            return
+        if tuple(self._allocated_shape) != (1, *self._row_shape):
+            kernel.deactivate()
+            return
+        out_integer = self._out.dtype != "float32"
+        out_scale = self._out.scale if out_integer and self._out.scale != 0.0 else 1.0
+        out_zero = self._out.zero_point if out_integer and self._out.scale != 0.0 else 0
+        kernel.configure(
+            self._in_index,
+            self._out_index,
+            self._in.dtype,
+            self._in.scale,
+            self._in.zero_point,
+            self._out.dtype,
+            out_scale,
+            out_zero,
+            tuple(self._row_shape),
+            (1, *self._out_row_shape),
+            np.zeros((1, *self._row_shape), dtype=self._in.dtype),
+            self._tensor_addresses if self._static else None,
+        )
+
+    def _tensor_addresses(self) -> tuple[int, int]:
+        """The data addresses of the input and output tensors, as allocated now (the views
+        are dropped before returning: the interpreter refuses to run while one lives)."""
+        view = self._interpreter.tensor(self._in_index)()
+        address_in = int(view.__array_interface__["data"][0])
+        view = self._interpreter.tensor(self._out_index)()
+        address_out = int(view.__array_interface__["data"][0])
+        del view
+        return address_in, address_out
+
+    def _allocate(self, shape: tuple[int, ...]) -> None:
+        """Resize the input to ``shape`` and allocate (the C path is off meanwhile)."""
+        if self._kernel is not None:
+            self._kernel.deactivate()
+        self._interpreter.resize_tensor_input(self._in_index, list(shape), strict=True)
+        self._interpreter.allocate_tensors()
+        self._allocated_shape = shape
+        self._configure_kernel()
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
         batch = np.asarray(x, dtype=np.float32)
         if batch.shape[1:] != self._row_shape:
             raise ValueError(
@@ -156,9 +349,7 @@ class TFLiteRunner:
         shape = fed.shape
         if shape != self._allocated_shape:
             try:
-                self._interpreter.resize_tensor_input(self._in_index, list(shape), strict=True)
-                self._interpreter.allocate_tensors()
-                self._allocated_shape = shape
+                self._allocate(shape)
             except (ValueError, RuntimeError):
                 self._fall_back_to_rows()
                 return self._run_fixed(fed)
@@ -167,10 +358,7 @@ class TFLiteRunner:
     def _fall_back_to_rows(self) -> None:
         """The graph refused a resize: go back to its own batch size, for good."""
         self._resizable = False
-        original = (self._fixed_batch, *self._row_shape)
-        self._interpreter.resize_tensor_input(self._in_index, list(original), strict=True)
-        self._interpreter.allocate_tensors()
-        self._allocated_shape = original
+        self._allocate((self._fixed_batch, *self._row_shape))
 
     def _run_fixed(self, fed: np.ndarray) -> np.ndarray:
         """Run in chunks of the model's own batch size, padding the last chunk."""
