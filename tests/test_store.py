@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from edgeops import Workspace
-from edgeops.errors import SchemaMismatch, StoreError, StoreUnavailable
+from edgeops.errors import SchemaMismatch, StoreError, StoreRejected, StoreUnavailable
 from edgeops.store import Database
 from edgeops.store import db as db_module
 
@@ -74,6 +74,37 @@ def test_unreachable_database_is_one_clear_error(tmp_path):
     assert "cannot open the store" in message
     assert "check that the database is running" in message
     assert "\n" not in message
+
+
+def test_a_failed_transaction_says_what_failed_and_writes_nothing(pg_database):
+    """A refused value is the caller's (422), a lock timeout is "busy, try again", a
+    broken statement is a bug: none of them "check that the database is running"."""
+    import psycopg
+    from sqlalchemy import text
+
+    db = Database(pg_database)
+    version = db.schema_version()
+    with pytest.raises(StoreRejected) as refused, db.session() as s:
+        s.execute(text("UPDATE edgeops_meta SET value = 'x' WHERE key = 'schema_version'"))
+        s.execute(text("SELECT CAST(:v AS integer)"), {"v": 2**40})
+    message = str(refused.value)
+    assert "refused a value" in message and "out of range" in message
+    assert "nothing was written" in message and "\n" not in message
+    assert refused.value.http_status == 422 and refused.value.exit_code == 6
+    assert db.schema_version() == version  # the UPDATE before it was rolled back
+    plain = pg_database.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain) as holder:
+        holder.execute("LOCK TABLE edgeops_meta IN ACCESS EXCLUSIVE MODE")
+        busy = pytest.raises(StoreUnavailable, match=r"is busy \(.*lock timeout.*try again")
+        with busy, db.session() as s:
+            s.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            s.execute(text("SELECT value FROM edgeops_meta"))
+        holder.rollback()
+    with pytest.raises(StoreError, match="this is a bug") as broken, db.session() as s:
+        s.execute(text("SELECT * FROM no_such_table"))
+    assert not isinstance(broken.value, StoreUnavailable)
+    assert "check that the database is running" not in str(broken.value)
+    db.close()
 
 
 _WRITER = textwrap.dedent(

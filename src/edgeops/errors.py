@@ -14,7 +14,8 @@ and what to do about it.
     ├── Conflict                  the change is already in place, or clashes with one
     ├── MissingExtra              an optional package is not installed
     ├── StoreError                the metadata database or the artifact store
-    │   ├── StoreUnavailable      the database cannot be reached
+    │   ├── StoreUnavailable      the database cannot be reached, or is busy
+    │   ├── StoreRejected         the database refused a value (HTTP 422); nothing written
     │   ├── SchemaMismatch        the database was made by a newer edgeops
     │   └── ArtifactCorrupt       stored bytes no longer match their SHA-256
     ├── BrokerUnavailable         the MQTT broker cannot be reached
@@ -36,6 +37,7 @@ __all__ = [
     "NotFound",
     "SchemaMismatch",
     "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
 ]
 
@@ -90,6 +92,12 @@ class StoreError(EdgeopsError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class StoreRejected(StoreError):
+    """The database refused a value (out of its type's range, say); nothing was written."""
+
+    http_status = 422
 
 
 class SchemaMismatch(StoreError):

@@ -14,11 +14,26 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import _redact
-from ..errors import ConfigError, MissingExtra, SchemaMismatch, StoreError, StoreUnavailable
+from ..errors import (
+    ConfigError,
+    MissingExtra,
+    SchemaMismatch,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .schema import Base, Meta
 
@@ -147,10 +162,32 @@ class Database:
         except IntegrityError:
             raise
         except DBAPIError as exc:
-            raise StoreUnavailable(
-                f"the store at {_redact(self.url)} failed: {_first_line(exc)}; "
-                "check that the database is running"
-            ) from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: DBAPIError) -> StoreError:
+        """What a failed transaction (rolled back: nothing was written) tells the user."""
+        where, first = _redact(self.url), _first_line(exc)
+        if isinstance(exc, DataError):
+            return StoreRejected(
+                f"the store at {where} refused a value: {first}; nothing was written, "
+                "check the values given"
+            )
+        if isinstance(exc, OperationalError) and any(
+            word in first.lower()
+            for word in ("lock", "busy")  # sqlite's; PostgreSQL's timeout
+        ):
+            return StoreUnavailable(
+                f"the store at {where} is busy ({first}); nothing was written, "
+                "another process holds it: try again"
+            )
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return StoreUnavailable(
+                f"the store at {where} failed: {first}; check that the database is running"
+            )
+        return StoreError(
+            f"the store at {where} failed: {first}; nothing was written (this is a bug "
+            "in edgeops or a store changed by hand: please report it)"
+        )
 
     def write(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a write transaction, retrying when a concurrent writer won a race."""
