@@ -526,6 +526,57 @@ def agent_path(request, monkeypatch) -> str:
     return str(request.param)
 
 
+def test_sampling_picks_the_same_predictions_with_the_c_sink_as_without():
+    """With sampling on, the C sink lets the calls between two candidates pass and hands
+    the candidate to Python: the same predictions are sampled, and the same windows and
+    samples sent, byte for byte, as when every call goes through Python."""
+    require_native()
+
+    def run(native: bool) -> tuple[list[int], list[bytes], int, int]:
+        with pytest.MonkeyPatch.context() as mp:
+            if not native:
+                mp.setattr(serve_module, "_fastpath", None)
+                mp.setattr(telemetry_module, "_fastpath", None)
+                mp.setattr(telemetry_module, "WindowStats", PyWindowStats)
+            ticks = Ticks()  # the same latencies on both paths
+            mp.setattr(serve_module, "time", types.SimpleNamespace(
+                perf_counter=ticks.perf_counter, sleep=ticks.sleep
+            ))  # fmt: skip
+            now = [1000.0]
+            predictor = Predictor()
+            telemetry = Telemetry(
+                fleet="lab", device="d1", window_count=250, window_s=0,
+                samples_per_hour=3600, clock=lambda: now[0],
+            )  # fmt: skip
+            telemetry.attach(predictor)
+            telemetry.start("1-boot")
+            assert (telemetry._sink is not None) == native
+            predictor.load(fake_model(4, 0, ["a", "b", "c"]))
+            rng = np.random.default_rng(5)
+            picked, fallbacks = [], 0
+            for i in range(9000):
+                row = rng.normal(size=(1, WIDTH)).astype(np.float32)
+                if native and not telemetry._sink.armed:
+                    fallbacks += 1
+                if "sample_id" in predictor.predict_features(row)[0]:
+                    picked.append(i)
+                if i % 100 == 99:  # 100 predictions a second
+                    now[0] += 1.0
+                    telemetry.tick()
+            telemetry.close()
+            items, lost = telemetry.drain()
+            assert lost == 0
+            return picked, [payload for _, payload in items], telemetry._sampler.taken, fallbacks
+
+    c_picked, c_payloads, c_taken, c_fallbacks = run(True)
+    py_picked, py_payloads, py_taken, _ = run(False)
+    assert c_picked == py_picked and c_taken == py_taken == len(c_picked)
+    assert 60 <= len(c_picked) <= 60 + 90 + 5  # the burst, then about one a second
+    assert c_payloads == py_payloads and len(c_payloads) == 36 + len(c_picked)
+    # Python saw the candidates (and a little more), not every call
+    assert c_fallbacks < 0.05 * 9000
+
+
 @pytest.mark.parametrize(("window_count", "seed"), [(250, 0), (250, 1), (7, 2), (0, 3)])
 def test_agent_windows_results_and_listeners_are_those_of_the_old_code(
     window_count, seed, monkeypatch, agent_path

@@ -12,10 +12,11 @@
  * (``finish``) with what happened so far.
  *
  * ``RowSink`` is the Telemetry's batch listener: while the telemetry has it armed
- * (an open window of the model, statistics on, no sampling), a one-row call of that
- * model is counted in the window in C (edgeops_protocol._faststats' add_row), unless it
- * would fill the window; with statistics off and nothing sampled, the model's calls need
- * nothing; everything else goes to Telemetry.on_predictions. The telemetry
+ * (an open window of the model, statistics on), a one-row call of that model is counted
+ * in the window in C (edgeops_protocol._faststats' add_row), unless it would fill the
+ * window; with statistics off, the model's calls need nothing here. With sampling on it
+ * is armed with the number of calls before the sampler's next candidate (``gap``) and
+ * hands that candidate to the fallback. Everything else goes to Telemetry.on_predictions. The telemetry
  * disarms it whenever its lock is held, so the two never count into one window at once.
  *
  * Both run with the GIL held; their state is only changed from Python (with the GIL), so
@@ -49,17 +50,23 @@ typedef struct {
     PyObject *window;
     Py_ssize_t width;
     long long limit;
+    long long gap;    /* sampling: calls to let pass before the next candidate; -1: none */
+    long long passed; /* calls handled here since armed (the sampler is told at disarm) */
 } RowSink;
 
 static PyObject *
 RowSink_vectorcall(RowSink *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     if (self->model != NULL && PyVectorcall_NARGS(nargsf) == 5 && kwnames == NULL &&
-        args[0] == self->model &&
-        (self->window == NULL || /* statistics off, nothing sampled: nothing to do */
+        args[0] == self->model && self->gap != 0 && /* 0: this call is a sampling candidate */
+        (self->window == NULL || /* statistics off: nothing to count */
          (PyFloat_CheckExact(args[4]) &&
           stats_api->add_row(self->window, args[2], args[3], PyFloat_AS_DOUBLE(args[4]),
                              self->limit, self->width) == 1))) {
+        self->passed++;
+        if (self->gap > 0) {
+            self->gap--;
+        }
         Py_RETURN_NONE;
     }
     return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
@@ -78,6 +85,7 @@ RowSink_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->vectorcall = (vectorcallfunc)RowSink_vectorcall;
+    self->gap = -1;
     Py_INCREF(fallback);
     self->fallback = fallback;
     return (PyObject *)self;
@@ -114,8 +122,12 @@ RowSink_arm(RowSink *self, PyObject *args)
 {
     PyObject *model, *window;
     Py_ssize_t width;
-    long long limit;
-    if (!PyArg_ParseTuple(args, "OOnL", &model, &window, &width, &limit)) {
+    long long limit, gap = -1;
+    if (!PyArg_ParseTuple(args, "OOnL|L", &model, &window, &width, &limit, &gap)) {
+        return NULL;
+    }
+    if (gap < -1) {
+        PyErr_SetString(PyExc_ValueError, "gap must be -1 (no sampling) or a count >= 0");
         return NULL;
     }
     if (window == Py_None) {
@@ -131,15 +143,20 @@ RowSink_arm(RowSink *self, PyObject *args)
     Py_XSETREF(self->window, window);
     self->width = width;
     self->limit = limit;
+    self->gap = gap;
+    self->passed = 0;
     Py_RETURN_NONE;
 }
 
 static PyObject *
 RowSink_disarm(RowSink *self, PyObject *Py_UNUSED(ignored))
 {
+    long long passed = self->model != NULL ? self->passed : 0;
     Py_CLEAR(self->model);
     Py_CLEAR(self->window);
-    Py_RETURN_NONE;
+    self->gap = -1;
+    self->passed = 0;
+    return PyLong_FromLongLong(passed);
 }
 
 static PyObject *
@@ -150,9 +167,11 @@ RowSink_armed(RowSink *self, void *Py_UNUSED(closure))
 
 static PyMethodDef RowSink_methods[] = {
     {"arm", (PyCFunction)RowSink_arm, METH_VARARGS,
-     "arm(model, window, width, limit): count one-row calls of model in window (None: "
-     "return None for them)"},
-    {"disarm", (PyCFunction)RowSink_disarm, METH_NOARGS, "send every call to the fallback"},
+     "arm(model, window, width, limit, gap=-1): count one-row calls of model in window "
+     "(None: return None for them); with gap >= 0, only that many calls, the next one (a "
+     "sampling candidate) goes to the fallback"},
+    {"disarm", (PyCFunction)RowSink_disarm, METH_NOARGS,
+     "send every call to the fallback; returns how many calls were handled here since arm"},
     {NULL, NULL, 0, NULL},
 };
 

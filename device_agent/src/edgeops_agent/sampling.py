@@ -14,6 +14,11 @@ which the next samples wait out). So over any span of ``T`` seconds at most
 ``burst + rate * T`` messages (and ``burst + rate * T + one message`` bytes) are
 sampled, whatever the traffic.
 
+Candidates are drawn as gaps: the number of predictions before the next one is
+drawn at once (geometric with ``p``, :meth:`Sampler.next_gap`), the same chance for
+every prediction, and the predictions in between need no draw each (the agent's C
+sink lets them pass and tells the sampler how many, :meth:`Sampler.skip`).
+
 ``p`` is twice the budget's rate over the observed prediction rate (measured in
 :meth:`Sampler.observe`, which the agent calls every second), so every prediction
 has the same chance and the samples are spread over the traffic rather than being
@@ -49,6 +54,7 @@ __all__ = ["Sampler", "SamplingBudget", "budget_from"]
 
 MAX_PER_HOUR = 1_000_000
 OVERSAMPLE = 2.0  # candidates drawn per token earned
+_NEVER = 2**62  # the gap when p is 0
 MAX_BYTES_PER_HOUR = 10 * 1024**3
 
 
@@ -102,7 +108,7 @@ def budget_from(
 
 
 class Sampler:
-    """Token buckets plus a random draw per prediction. Not thread-safe: the caller locks."""
+    """Token buckets plus random candidates (drawn as gaps). Not thread-safe: the caller locks."""
 
     def __init__(
         self,
@@ -131,6 +137,7 @@ class Sampler:
         self._obs_at = self._last
         self._pred_rate: float | None = None
         self.p = 1.0  # until the prediction rate is known
+        self._gap: int | None = None  # non-candidates before the next candidate; None: draw
         self.taken = 0
         self.bytes_taken = 0
 
@@ -141,12 +148,43 @@ class Sampler:
     def want(self) -> bool:
         """Count one prediction; True if it is to be sampled (then call :meth:`spend`)."""
         self._seen += 1
-        if not self.budget.enabled or self._rng.random() >= self.p:
+        if not self.budget.enabled:
             return False
+        gap = self.next_gap()
+        if gap > 0:
+            self._gap = gap - 1
+            return False
+        self._gap = None  # this one is the candidate; the next gap is drawn afresh
         self._refill()
         if self._msg_rate and self._msgs < 1.0:
             return False
         return not (self._byte_rate and self._bytes <= 0.0)
+
+    def next_gap(self) -> int:
+        """How many predictions pass before the next candidate (drawn when needed).
+
+        Each prediction is a candidate with probability ``p``; the gap to the next one
+        is drawn at once (geometric: the failures before the first success), which is
+        the same distribution and lets a counter elsewhere (the C sink) let the
+        predictions in between pass without a draw each (then call :meth:`skip`).
+        A new ``p`` (:meth:`observe`) draws a new gap: the draws have no memory."""
+        if self._gap is None:
+            p = self.p
+            if p >= 1.0:
+                self._gap = 0
+            elif p <= 0.0:
+                self._gap = _NEVER
+            else:  # u in [0, 1): log1p(-u) is finite
+                gap = math.log1p(-self._rng.random()) / math.log1p(-p)
+                self._gap = int(min(gap, _NEVER))
+        return self._gap
+
+    def skip(self, n: int) -> None:
+        """``n`` predictions were let pass elsewhere, none a candidate (``n`` at most the
+        gap that :meth:`next_gap` gave)."""
+        if n > 0:
+            self._seen += n
+            self._gap = max(0, self.next_gap() - n)
 
     def spend(self, size: int) -> None:
         """Take the tokens of one sample of ``size`` bytes."""
@@ -173,7 +211,9 @@ class Sampler:
             target = self._msg_rate
         if self._byte_rate:
             target = min(target, self._byte_rate / max(self._avg_size, 1.0))
-        self.p = min(1.0, OVERSAMPLE * target / self._pred_rate) if self._pred_rate else 1.0
+        p = min(1.0, OVERSAMPLE * target / self._pred_rate) if self._pred_rate else 1.0
+        if p != self.p:
+            self.p, self._gap = p, None
 
     def _refill(self) -> None:
         now = self._clock()

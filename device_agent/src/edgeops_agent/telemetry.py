@@ -25,13 +25,17 @@ agent posts a wake-up into its mailbox); a full queue drops its oldest item and
 counts it in :attr:`Telemetry.lost`, which the agent adds to ``outbox_dropped``.
 
 With the C extensions built, the batch listener is a ``RowSink``
-(``edgeops_agent._fastpath``): while a window of the active model is open, statistics
-are on and nothing is sampled, the telemetry *arms* it with that window, and a one-row
-call is counted in C without the lock (the window is a
+(``edgeops_agent._fastpath``): while a window of the active model is open and
+statistics are on, the telemetry *arms* it with that window, and a one-row call is
+counted in C without the lock (the window is a
 :class:`~edgeops_protocol.stats.NativeWindowStats`; one C call is atomic under the
-GIL); with statistics off and nothing sampled it returns None for the active model's
-calls, as :meth:`Telemetry.on_predictions` would. The sink refuses the row that would
-fill the window, and everything else, and hands it to :meth:`Telemetry.on_predictions`.
+GIL); with statistics off it returns None for the active model's calls, as
+:meth:`Telemetry.on_predictions` would. With sampling on it is armed with the
+sampler's gap (:meth:`~edgeops_agent.sampling.Sampler.next_gap`): it lets that many
+calls pass and hands the next one, the sampling candidate, to
+:meth:`Telemetry.on_predictions`; at disarm the sampler is told how many passed. The
+sink refuses the row that would fill the window, and everything else, and hands it
+to :meth:`Telemetry.on_predictions`.
 Every section that holds the lock and may count, open or close a window disarms the
 sink first and arms it again at the end, so the C path never counts into a window the
 Python code is working on.
@@ -337,9 +341,12 @@ class Telemetry:
                 self._close()
 
     def _disarm(self) -> None:
-        """Lock held: from now on every call comes to :meth:`on_predictions`."""
+        """Lock held: from now on every call comes to :meth:`on_predictions` (the sampler
+        is told how many calls the sink let pass meanwhile)."""
         if self._sink is not None:
-            self._sink.disarm()
+            passed = self._sink.disarm()
+            if passed and self._sampling and self._sampler is not None:
+                self._sampler.skip(passed)
 
     def _arm(self) -> None:
         """Lock held, at the end of a section: let the C sink count one-row calls of the
@@ -348,12 +355,14 @@ class Telemetry:
         if sink is None:
             return
         w = self._window
-        if not self.boot or self._sampling or self._model is None:
+        # sampling: the calls before the sampler's next candidate (that one comes here)
+        gap = self._sampler.next_gap() if self._sampling and self._sampler is not None else -1
+        if not self.boot or self._model is None:
             sink.disarm()
-        elif not self.stats_enabled:  # on_predictions returns None for the model's calls
-            sink.arm(self._model, None, 0, 0)
+        elif not self.stats_enabled:  # on_predictions only samples the model's calls
+            sink.arm(self._model, None, 0, 0, gap)
         elif w is not None and self._width and isinstance(w.stats, NativeWindowStats):
-            sink.arm(self._model, w.stats, self._width, self.window_count)
+            sink.arm(self._model, w.stats, self._width, self.window_count, gap)
         else:
             sink.disarm()
 
@@ -492,7 +501,9 @@ class Telemetry:
                 self._close()
                 self._arm()
             if self._sampler is not None:
+                self._disarm()  # the sampler counts the calls let pass, and may draw anew
                 self._sampler.observe()
+                self._arm()
 
     def close(self) -> None:
         """Close the open window now (the agent stops)."""
