@@ -26,8 +26,17 @@ repetition. Blocks are short (500 predictions, a few to a few hundred millisecon
 and many, so that on a shared machine a block is either undisturbed or visibly not,
 and the medians come from the undisturbed ones:
 
-* (i)   ``bare``: the device runner's ``predict(row)`` (``load_runner``, the TFLite
-        interpreter, one thread);
+* (i)   ``bare``: the bare interpreter loop, ``interpreter.set_tensor(i, row)``,
+        ``interpreter.invoke()``, ``interpreter.get_tensor(o)`` on the runner's own
+        interpreter (one thread), with rows already in the input tensor's type (for an
+        int8 model quantized beforehand, and its int8 outputs not dequantized): the
+        interpreter and nothing else. (Rounds 1 and 2 used the runner's ``predict`` here,
+        whose Python glue -- numpy quantize and dequantize, checks -- cost 2.5 to 10 µs a
+        row, more than these small models' ``invoke``; see docs/benchmarks.md, round 3);
+* (i')  ``runner``: the device runner's ``predict(row)`` (``load_runner``), which the
+        agent calls: its one-row call in C when the extension is built (``row_path``:
+        ``pointers`` or ``copies``), and ``runner_py``, its Python code (``_predict``),
+        for comparison;
 * (ii)  ``on``: ``agent.predictor.predict_features(row)`` of a real
         :class:`edgeops_agent.Agent` (not connected) with ``telemetry = true``: the
         predictor (checks, probation listener, labels and scores for the result) and
@@ -66,6 +75,7 @@ Which code runs: the C extensions of ``device_agent`` when they are built
 Reported: microseconds per prediction; ``on/bare`` = throughput of (ii) over (i)
 (the target), and the same from each path's fastest block (``on/bare, fastest
 blocks``: on a shared machine the least disturbed blocks, a check on the medians);
+``runner_speedup`` = ``runner_py`` over ``runner`` (the C row path's gain);
 ``on/off`` = what the statistics alone cost the agent path; the
 statistics' cost in microseconds = (ii) - (iii), per repetition; for batches
 ``on32/bare32`` and ``on32/bare``. The exit status is 0 whatever the numbers; with
@@ -101,7 +111,7 @@ CONTEXT = {"cnn-large-f32"}  # shown for comparison, not counted by --check
 ALL_MODELS = "mlp-f32,mlp-int8,cnn-int8,cnn-wide-int8,cnn-large-f32"
 SEED = 0
 LABELS = ["walk", "run", "still", "stairs"]
-PATHS = ("bare", "on", "off", "sampling", "bare32", "on32", "off32")
+PATHS = ("bare", "runner", "runner_py", "on", "off", "sampling", "bare32", "on32", "off32")
 
 
 @dataclass
@@ -128,6 +138,8 @@ class Result:
     stats32_us: float  # median over repetitions of (on32 - off32), per row
     best_us: dict[str, float] = field(default_factory=dict)  # fastest block of each path
     on_over_bare_best: float = 0.0  # bare's fastest block over on's fastest block
+    row_path: str = ""  # how the runner ran one row: pointers, copies (C) or python
+    runner_speedup: float = 0.0  # runner_py / runner: the C row path against the Python one
     reps: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -254,6 +266,7 @@ def time_block(
 def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, args: Any) -> Result:
     from edgeops.convert.tflite import keras_to_tflite
     from edgeops_agent.runtime import load_runner
+    from edgeops_agent.runtime.tflite import quantize
     from edgeops_agent.serve import LoadedModel
     from edgeops_agent.telemetry import window_baseline
     from edgeops_protocol.baseline import baseline_profile
@@ -267,7 +280,26 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
     features = [f"x{j}" for j in range(flat_train.shape[1])]
     baseline = baseline_profile(flat_train, outputs, features, LABELS)
     manifest = manifest_for(data, name, baseline)
-    rows = [test[i : i + 1] for i in range(min(256, len(test)))]
+    # C-contiguous single rows, as an application hands them over (a view of a row of a
+    # bigger array is fine too: the C paths gather strided rows; tests cover that)
+    rows = [np.ascontiguousarray(test[i : i + 1]) for i in range(min(256, len(test)))]
+    # the bare loop's inputs: the rows in the input tensor's own type, quantized beforehand
+    # for an integer model (quantize(): the runner's own rule), so the loop is only the
+    # interpreter: set_tensor, invoke, get_tensor (raw outputs, not dequantized)
+    runner.predict(rows[0])  # back to one row (baseline_profile ran the training rows)
+    interpreter = runner._interpreter  # the bare loop is the interpreter itself
+    in_index, out_index = runner._in_index, runner._out_index
+    if runner.inputs[0].dtype == "float32":
+        fed = rows
+    else:
+        info = runner.inputs[0]
+        fed = [quantize(r, info.scale, info.zero_point, info.dtype) for r in rows]
+
+    def bare(x: np.ndarray) -> Any:
+        interpreter.set_tensor(in_index, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out_index)
+
     size = args.batch
     batches = [np.concatenate(rows[i : i + size]) for i in range(0, len(rows) - size + 1, size)]
     runner_b = load_runner("tflite", data)  # stays at the batch size (see the module doc)
@@ -288,8 +320,14 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
     def block(path: str, n: int) -> float:
         batched = path.endswith("32")
         calls, inputs, per_call = (max(1, n // size), batches, size) if batched else (n, rows, 1)
-        if path.startswith("bare"):
-            return time_block((runner_b if batched else runner).predict, inputs, calls, per_call)
+        if path == "bare":
+            return time_block(bare, fed, calls)
+        if path == "runner":
+            return time_block(runner.predict, inputs, calls)
+        if path == "runner_py":  # (the runner of rounds 1 and 2 has only its Python code)
+            return time_block(getattr(runner, "_predict", runner.predict), inputs, calls)
+        if path == "bare32":
+            return time_block(runner_b.predict, inputs, calls, per_call)
         agent = agents[path]
         us = time_block(agent.predictor.predict_features, inputs, calls, per_call)
         start = time.perf_counter_ns()
@@ -301,9 +339,17 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
 
     worker_us: dict[str, list[float]] = {}
 
+    # Everything made so far (TensorFlow, Keras, the models: millions of objects a device
+    # agent never has) out of the collector's way: the gc.collect() before each block then
+    # walks only what the blocks make, instead of evicting every cache before each block
+    # (which cost the short blocks up to 0.8 µs a prediction, more for the path with more
+    # code; rounds 1 and 2 ran that way).
+    if not args.no_freeze:
+        gc.freeze()
     for path in PATHS:  # warm up: interpreter, caches, the first window's baseline
         block(path, 500)
     worker_us.clear()
+    row_path = getattr(runner, "row_path", "python")  # before a batch resizes the interpreter
     reps: list[dict[str, float]] = []
     for r in range(args.reps):
         order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]  # rotate who goes first
@@ -371,6 +417,10 @@ def measure(name: str, keras_model: Any, train: np.ndarray, test: np.ndarray, ar
         on_over_bare_best=round(
             min(rep["bare"] for rep in reps) / min(rep["on"] for rep in reps), 3
         ),
+        row_path=row_path,
+        runner_speedup=round(
+            statistics.median(rep["runner_py"] / rep["runner"] for rep in reps), 2
+        ),
         reps=reps,
     )
 
@@ -405,11 +455,12 @@ def machine() -> dict[str, Any]:
 
 def table(results: list[Result]) -> str:
     head = (
-        "| model | inputs | bare µs | agent off µs | agent on µs | +sampling µs | stats µs "
+        "| model | inputs | bare µs | runner µs (row path) | runner, Python µs | agent off µs "
+        "| agent on µs | +sampling µs | stats µs "
         "| of which worker µs | update() µs | on/bare (IQR), target ≥ 0.90 | on/off | off/bare "
         "| on/bare, fastest blocks |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: "
-        "| ---: |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- "
+        "| ---: | ---: | ---: |\n"
     )
     lines = []
     for r in results:
@@ -417,7 +468,8 @@ def table(results: list[Result]) -> str:
         verdict = "PASS" if r.met else "MISS"
         star = "\\*" if r.model in CONTEXT else ""
         lines.append(
-            f"| {r.model}{star} | {r.features} | {r.us['bare']:.1f} | {r.us['off']:.1f} "
+            f"| {r.model}{star} | {r.features} | {r.us['bare']:.1f} "
+            f"| {r.us['runner']:.1f} ({r.row_path}) | {r.us['runner_py']:.1f} | {r.us['off']:.1f} "
             f"| {r.us['on']:.1f} | {r.us['sampling']:.1f} | {r.stats_us:.1f} "
             f"| {r.worker_us.get('on', 0.0):.1f} | {r.update_us:.1f} "
             f"| {r.on_over_bare:.2f} ({lo:.2f}–{hi:.2f}) {verdict} | {r.on_over_off:.2f} "
@@ -458,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, help="repetitions (default 61; --quick 21)")
     parser.add_argument("--n", type=int, help="predictions per block (default 500; --quick 200)")
     parser.add_argument("--batch", type=int, default=32, help="rows a call, batched paths")
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="do not gc.freeze() the setup's objects (rounds 1 and 2's method)",
+    )
     args = parser.parse_args(argv)
     args.reps = args.reps or (21 if args.quick else 61)
     args.n = args.n or (200 if args.quick else 500)
