@@ -23,6 +23,10 @@ while loop, tf.unique) are not Keras models: they are ``tf.function`` graphs con
 by TensorFlow's converter. An output whose shape depends on the values (tf.unique)
 gets no kernel at all: the kernel sizes its output beforehand.
 
+The same kernel on tflite-runtime 2.14 with numpy 1.x (older Pis), in a venv made once
+under ~/.cache: pointers mode (``static_graph`` reads the flatbuffer itself) and the
+Python code's bytes.
+
 The kernel tests fail, not skip, when ``CI`` is set and the extension did not build
 (``require_native`` of test_stats_fast).
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import json
 import os
 import subprocess
 import sys
@@ -602,20 +607,48 @@ def test_static_graph_is_false_when_in_doubt(graphs: dict[str, bytes]) -> None:
     # the RESHAPE whose shape input is computed: it is that check that says False
     ops = _operators(graphs["dynamic_reshape"])
     assert "RESHAPE" in ops
-    assert set(ops) <= tflite_module._STATIC_OPS | set(tflite_module._CONST_INPUTS)
+    assert set(ops) <= set(tflite_module._STATIC_OPS) | set(tflite_module._CONST_INPUTS)
     assert "SHAPE" in _operators(graphs["shape_reshape"])
     for name, data in graphs.items():
         assert static_graph(data) is False, name
 
 
-def test_static_graph_without_the_schema_module(zoo: Zoo, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ai_edge_litert
+def test_static_graph_reads_the_flatbuffer_as_the_schema_module_does(
+    zoo: Zoo, graphs: dict[str, bytes]
+) -> None:
+    """static_graph has its own flatbuffer reader (tflite-runtime ships no schema
+    module): its operator numbers are the schema's, and it decides as a reading with
+    the schema module does, for every model here."""
+    from ai_edge_litert import schema_py_generated as schema
 
-    assert static_graph(zoo.models["mlp-int8"]) is True
-    monkeypatch.delattr(ai_edge_litert, "schema_py_generated", raising=False)
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.schema_py_generated", None)
-    monkeypatch.setitem(sys.modules, "tflite_runtime.schema_py_generated", None)
-    assert static_graph(zoo.models["mlp-int8"]) is False
+    for name, code in tflite_module._STATIC_OPS.items():
+        assert getattr(schema.BuiltinOperator, name) == code, name
+    for name, (code, _) in tflite_module._CONST_INPUTS.items():
+        assert getattr(schema.BuiltinOperator, name) == code, name
+
+    def by_schema(data: bytes) -> bool:
+        model = schema.Model.GetRootAs(data, 0)
+        graph = model.Subgraphs(0)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            c = model.OperatorCodes(op.OpcodeIndex())
+            code = max(c.BuiltinCode(), c.DeprecatedBuiltinCode())
+            if code in tflite_module._STATIC_CODES:
+                continue
+            if code not in tflite_module._CONST_CODES:
+                return False
+            for k in tflite_module._CONST_CODES[code]:
+                tensor = op.Inputs(k)
+                if tensor >= 0 and model.Buffers(graph.Tensors(tensor).Buffer()).DataLength() == 0:
+                    return False
+        return model.SubgraphsLength() == 1
+
+    every = {**zoo.models, **graphs}
+    assert sum(static_graph(d) for d in every.values()) == len(zoo.models) > 0
+    for name, data in every.items():
+        assert static_graph(data) is by_schema(data), name
+    data = zoo.models["mlp-int8"]  # cut anywhere: False, never an exception
+    assert all(static_graph(data[:n]) is False for n in range(0, len(data) - 1, 97))
 
 
 @pytest.mark.parametrize("name", ["shape_reshape", "while_loop"])
@@ -822,3 +855,89 @@ def test_pure_python_from_the_environment(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "python"
+
+
+# --- tflite-runtime (older Pis: numpy < 2) ------------------------------------------------
+
+TFLITE_RUNTIME = "tflite-runtime==2.14.0"
+_ON_TFLITE_RUNTIME = """
+import json, sys
+import numpy as np
+import edgeops_agent.runtime.tflite as t
+report = {"numpy": np.__version__, "native": t._fastpath is not None, "models": {}}
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    rows = np.load(path + ".npy")
+    runner = t.TFLiteRunner(data)
+    path_before = runner.row_path
+    same = [
+        runner.predict(rows[i : i + 1]).tobytes() == runner._predict(rows[i : i + 1]).tobytes()
+        for i in range(len(rows))
+    ]
+    batch = runner.predict(rows)  # the batch path, then one row again
+    again = runner.predict(rows[:1]).tobytes() == runner._predict(rows[:1]).tobytes()
+    report["models"][path] = {
+        "runtime": runner.runtime, "row_path": path_before, "static": t.static_graph(data),
+        "same": all(same), "rows": len(same), "batch": list(batch.shape), "again": again,
+        "row_path_after": runner.row_path,
+    }
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def tflite_runtime_python() -> Path:
+    """A venv with tflite-runtime and numpy < 2 (what older Raspberry Pi OS images run),
+    made once per machine under ~/.cache; the agent's source (and its C extensions,
+    built for this Python) come from PYTHONPATH. Fails instead of skipping in CI."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    venv = base / "edgeops-tests" / f"tflite-runtime-2.14-{py}"
+    python = venv / "bin" / "python"
+    if not (venv / "ready").exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True,
+                           capture_output=True, timeout=300)  # fmt: skip
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "numpy<2", TFLITE_RUNTIME],
+                check=True, capture_output=True, timeout=600,
+            )  # fmt: skip
+        except (subprocess.SubprocessError, OSError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            message = f"cannot make a {TFLITE_RUNTIME} venv: {exc} {detail[-500:]!r}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        (venv / "ready").write_text(TFLITE_RUNTIME + "\n")
+    return python
+
+
+def test_the_kernel_on_tflite_runtime_with_numpy_1(
+    zoo: Zoo, tflite_runtime_python: Path, tmp_path: Path
+) -> None:
+    """The same C path on tflite-runtime 2.14 with numpy 1.x: the extension's numpy mirror
+    holds, static graphs use the tensors' addresses (static_graph needs no schema module),
+    and every row gives the Python code's bytes."""
+    require_kernel()
+    paths = []
+    for kind in ("mlp-f32", "mlp-int8", "cnn-int8"):
+        path = tmp_path / f"{kind}.tflite"
+        path.write_bytes(zoo.models[kind])
+        np.save(str(path) + ".npy", zoo.rows[kind][:64])
+        paths.append(str(path))
+    src = Path(tflite_module.__file__).resolve().parents[2]  # device_agent/src
+    env = {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("EDGEOPS_PURE_PYTHON", None)
+    done = subprocess.run(
+        [str(tflite_runtime_python), "-c", _ON_TFLITE_RUNTIME, *paths],
+        capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["numpy"].startswith("1.") and report["native"] is True
+    for path in paths:
+        got = report["models"][path]
+        assert got["runtime"] == "tflite-runtime", got
+        assert got["static"] is True and got["row_path"] == "pointers", got
+        assert got["same"] is True and got["rows"] == 64 and got["again"] is True, got
+        assert got["batch"][0] == 64 and got["row_path_after"] == "pointers", got

@@ -33,6 +33,7 @@ other bytes than the Python code for a row of zeros keeps the Python code.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -71,80 +72,123 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 # Operators whose output shapes follow from their input shapes alone, and those whose
 # output shapes also depend on the values of the listed inputs (the graph is static
-# when those are constants). Any other operator (control flow, custom operators,
-# shapes computed at run time) may give the runtime dynamic tensors, which it may
-# reallocate during Invoke: such graphs use the copies.
+# when those are constants), by their TFLite BuiltinOperator numbers (schema.fbs; a
+# test checks them against the runtime's schema module). Any other operator (control
+# flow, custom operators, shapes computed at run time) may give the runtime dynamic
+# tensors, which it may reallocate during Invoke: such graphs use the copies.
 # fmt: off
-_STATIC_OPS = frozenset((
-    "ADD", "SUB", "MUL", "DIV", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM", "AVERAGE_POOL_2D",
-    "MAX_POOL_2D", "L2_POOL_2D", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX",
-    "LOG_SOFTMAX", "LOGISTIC", "TANH", "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
-    "LEAKY_RELU", "HARD_SWISH", "PRELU", "ELU", "GELU", "QUANTIZE", "DEQUANTIZE",
-    "CONCATENATION", "SQUEEZE", "BATCH_MATMUL", "ABS", "EXP", "LOG", "SQRT", "RSQRT", "SQUARE",
-    "NEG", "FLOOR", "CEIL", "ROUND", "L2_NORMALIZATION", "LOCAL_RESPONSE_NORMALIZATION",
-    "CAST", "SIN", "COS",
-))
-# fmt: on
-_CONST_INPUTS = {
-    "RESHAPE": (1,),
-    "EXPAND_DIMS": (1,),
-    "MEAN": (1,),
-    "SUM": (1,),
-    "REDUCE_MAX": (1,),
-    "REDUCE_MIN": (1,),
-    "REDUCE_PROD": (1,),
-    "PAD": (1,),
-    "PADV2": (1,),
-    "TRANSPOSE": (1,),
-    "ARG_MAX": (1,),
-    "ARG_MIN": (1,),
-    "SLICE": (1, 2),
-    "STRIDED_SLICE": (1, 2, 3),
-    "TILE": (1,),
+_STATIC_OPS = {
+    "ADD": 0, "SUB": 41, "MUL": 18, "DIV": 42, "SQUARED_DIFFERENCE": 99, "MAXIMUM": 55,
+    "MINIMUM": 57, "AVERAGE_POOL_2D": 1, "MAX_POOL_2D": 17, "L2_POOL_2D": 12, "CONV_2D": 3,
+    "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9, "SOFTMAX": 25, "LOG_SOFTMAX": 50,
+    "LOGISTIC": 14, "TANH": 28, "RELU": 19, "RELU6": 21, "RELU_N1_TO_1": 20,
+    "RELU_0_TO_1": 152, "LEAKY_RELU": 98, "HARD_SWISH": 117, "PRELU": 54, "ELU": 111,
+    "GELU": 150, "QUANTIZE": 114, "DEQUANTIZE": 6, "CONCATENATION": 2, "SQUEEZE": 43,
+    "BATCH_MATMUL": 126, "ABS": 101, "EXP": 47, "LOG": 73, "SQRT": 75, "RSQRT": 76,
+    "SQUARE": 92, "NEG": 59, "FLOOR": 8, "CEIL": 104, "ROUND": 116, "L2_NORMALIZATION": 11,
+    "LOCAL_RESPONSE_NORMALIZATION": 13, "CAST": 53, "SIN": 66, "COS": 108,
 }
+_CONST_INPUTS = {  # name: (code, the inputs that must be constants)
+    "RESHAPE": (22, (1,)), "EXPAND_DIMS": (70, (1,)), "MEAN": (40, (1,)), "SUM": (74, (1,)),
+    "REDUCE_MAX": (82, (1,)), "REDUCE_MIN": (89, (1,)), "REDUCE_PROD": (81, (1,)),
+    "PAD": (34, (1,)), "PADV2": (60, (1,)), "TRANSPOSE": (39, (1,)), "ARG_MAX": (56, (1,)),
+    "ARG_MIN": (79, (1,)), "SLICE": (65, (1, 2)), "STRIDED_SLICE": (45, (1, 2, 3)),
+    "TILE": (69, (1,)),
+}
+# fmt: on
+_STATIC_CODES = frozenset(_STATIC_OPS.values())
+_CONST_CODES = {code: inputs for code, inputs in _CONST_INPUTS.values()}
+
+
+class _Flatbuffer:
+    """Just enough of a flatbuffer reader for :func:`static_graph` (no dependency: the
+    runtimes' own schema modules are not in every runtime, tflite-runtime has none).
+    Any out-of-range offset raises (IndexError or struct.error)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+
+    def _u32(self, at: int) -> int:
+        if at < 0:  # unpack_from would count from the end
+            raise ValueError("negative offset")
+        return int(struct.unpack_from("<I", self.data, at)[0])
+
+    def root(self) -> int:
+        return self._u32(0)
+
+    def field(self, table: int, index: int) -> int | None:
+        """The position of field ``index`` of the table at ``table``, None when absent."""
+        vtable = table - int(struct.unpack_from("<i", self.data, table)[0])
+        if table < 0 or vtable < 0:
+            raise ValueError("negative offset")
+        size = int(struct.unpack_from("<H", self.data, vtable)[0])
+        if 4 + 2 * index + 2 > size:
+            return None
+        offset = int(struct.unpack_from("<H", self.data, vtable + 4 + 2 * index)[0])
+        return table + offset if offset else None
+
+    def scalar(self, table: int, index: int, fmt: str, default: int = 0) -> int:
+        at = self.field(table, index)
+        return default if at is None else int(struct.unpack_from("<" + fmt, self.data, at)[0])
+        # (at >= 0: a field's position is its table's plus an unsigned offset)
+
+    def vector(self, table: int, index: int) -> tuple[int, int]:
+        """(position of the first element, length) of a vector field; (0, 0) when absent."""
+        at = self.field(table, index)
+        if at is None:
+            return 0, 0
+        start = at + self._u32(at)
+        return start + 4, self._u32(start)
+
+    def tables(self, table: int, index: int) -> list[int]:
+        first, n = self.vector(table, index)
+        return [first + 4 * i + self._u32(first + 4 * i) for i in range(n)]
+
+    def ints(self, table: int, index: int) -> list[int]:
+        first, n = self.vector(table, index)
+        return list(struct.unpack_from(f"<{n}i", self.data, first)) if n else []
 
 
 def static_graph(model_bytes: bytes) -> bool:
     """Whether the runtime never moves this model's tensors once they are allocated.
 
-    True when the flatbuffer has one subgraph and every operator is one of
+    True when the TFLite flatbuffer has one subgraph and every operator is one of
     ``_STATIC_OPS``, or one of ``_CONST_INPUTS`` whose shape and axis inputs are
-    constants (tensors with data in the model). False when in doubt, including when
-    the runtime's flatbuffer schema module cannot be imported.
+    constants (tensors with data in the model). False when in doubt, including a
+    flatbuffer that does not read as a TFLite model.
     """
     try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        try:
-            from tflite_runtime import schema_py_generated as schema  # type: ignore[no-redef]
-        except ImportError:
+        fb = _Flatbuffer(bytes(model_bytes))
+        if bytes(fb.data[4:8]) != b"TFL3":
             return False
-    try:
-        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
-        model = schema.Model.GetRootAs(bytes(model_bytes), 0)
-        if model.SubgraphsLength() != 1:
+        model = fb.root()
+        codes = [  # Model.operator_codes: max(deprecated_builtin_code, builtin_code)
+            max(fb.scalar(c, 0, "b"), fb.scalar(c, 3, "i")) for c in fb.tables(model, 1)
+        ]
+        graphs = fb.tables(model, 2)  # Model.subgraphs
+        if len(graphs) != 1:
             return False
-        graph = model.Subgraphs(0)
+        buffers = fb.tables(model, 4)  # Model.buffers
+        tensors = fb.tables(graphs[0], 0)  # SubGraph.tensors
 
         def constant(tensor: int) -> bool:
             if tensor < 0:
                 return True  # an optional input that is absent
-            buffer = model.Buffers(graph.Tensors(tensor).Buffer())
-            return bool(buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1))
+            buffer = buffers[fb.scalar(tensors[tensor], 2, "I")]  # Tensor.buffer
+            # Buffer.data, or Buffer.offset for data after the flatbuffer (> 2 GB models)
+            return fb.vector(buffer, 0)[1] > 0 or fb.scalar(buffer, 1, "Q") > 1
 
-        for i in range(graph.OperatorsLength()):
-            op = graph.Operators(i)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
-            if name in _STATIC_OPS:
+        for op in fb.tables(graphs[0], 3):  # SubGraph.operators
+            code = codes[fb.scalar(op, 0, "I")]  # Operator.opcode_index
+            if code in _STATIC_CODES:
                 continue
-            inputs = op.InputsAsNumpy().tolist() if op.InputsLength() else []
-            if name not in _CONST_INPUTS or not all(
-                constant(inputs[k]) for k in _CONST_INPUTS[name] if k < len(inputs)
+            inputs = fb.ints(op, 1)  # Operator.inputs
+            if code not in _CONST_CODES or not all(
+                constant(inputs[k]) for k in _CONST_CODES[code] if k < len(inputs)
             ):
                 return False
         return True
-    except Exception:  # a flatbuffer the schema cannot read: the interpreter has the last word
+    except (IndexError, struct.error, ValueError, OverflowError):
         return False
 
 
