@@ -699,8 +699,9 @@ typedef struct {
     int in_type, out_type;
     float in_scale, in_zp, out_scale, out_zp;
     Py_ssize_t in_count, out_count;
-    int row_nd;
+    int row_nd, out_nd;
     Py_intptr_t row_shape[ROW_MAX_ND];
+    Py_intptr_t out_dims[ROW_MAX_ND + 1]; /* out_shape's values */
     char *raw_in, *raw_out; /* NULL: SetTensor / GetTensor */
     unsigned long calls;
     float *scratch; /* in_count floats: a strided row gathered */
@@ -852,22 +853,31 @@ rk_call_method(PyObject *w, PyObject *name, PyObject *a, PyObject *b)
  * holds it any more (its only reference is ours, so no caller, view or buffer can see
  * it change; CPython's zip() reuses its result tuple the same way) and it is still the
  * C-contiguous float32 array of the output's shape it was made as; else a new one */
+/* whether the array has the output's shape (out_shape) */
+static int
+rk_has_out_shape(RowKernel *self, PyObject *arr)
+{
+    const np_array_head *a = NP_HEAD(arr);
+    if (a->nd != self->out_nd) {
+        return 0;
+    }
+    for (int d = 0; d < a->nd; d++) {
+        if (a->dimensions[d] != self->out_dims[d]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static PyObject *
 rk_output_array(RowKernel *self)
 {
     PyObject *last = self->last_out;
-    if (last != NULL && Py_REFCNT(last) == 1) {
-        const np_array_head *a = NP_HEAD(last);
-        int same = np_kind(last) == NPK_F32 && a->nd == PyTuple_GET_SIZE(self->out_shape) &&
-                   np_size(last) == self->out_count && a->base == NULL &&
-                   (a->flags & NP_WRITEABLE);
-        for (int d = 0; same && d < a->nd; d++) {
-            same = a->dimensions[d] == PyLong_AsSsize_t(PyTuple_GET_ITEM(self->out_shape, d));
-        }
-        if (same) {
-            Py_INCREF(last);
-            return last;
-        }
+    if (last != NULL && Py_REFCNT(last) == 1 && np_kind(last) == NPK_F32 &&
+        NP_HEAD(last)->base == NULL && (NP_HEAD(last)->flags & NP_WRITEABLE) &&
+        rk_has_out_shape(self, last)) {
+        Py_INCREF(last);
+        return last;
     }
     PyObject *eargs[2] = {self->out_shape, self->f32};
     PyObject *res = PyObject_Vectorcall(self->empty, eargs, 2, NULL);
@@ -940,11 +950,7 @@ RowKernel_vectorcall(RowKernel *self, PyObject *const *args, size_t nargsf, PyOb
                    ((const np_descr_head *)NP_HEAD(got)->descr)->type_num == want &&
                    (NP_HEAD(got)->flags & (NP_C_CONTIGUOUS | NP_ALIGNED)) ==
                        (NP_C_CONTIGUOUS | NP_ALIGNED) &&
-                   NP_HEAD(got)->nd == PyTuple_GET_SIZE(self->out_shape);
-        for (int d = 0; same && d < NP_HEAD(got)->nd; d++) {
-            same = NP_HEAD(got)->dimensions[d] ==
-                   PyLong_AsSsize_t(PyTuple_GET_ITEM(self->out_shape, d));
-        }
+                   rk_has_out_shape(self, got);
         if (!same) { /* not the output the model declared: the Python code, from the start */
             Py_DECREF(got);
             return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
@@ -1008,7 +1014,7 @@ RowKernel_configure(RowKernel *self, PyObject *args)
     int in_type = rk_type_of(in_name), out_type = rk_type_of(out_name);
     Py_ssize_t nd = PyTuple_GET_SIZE(row_shape), in_count = 1, out_count = 1;
     if (in_type < 0 || out_type < 0 || nd < 1 || nd > ROW_MAX_ND ||
-        PyTuple_GET_SIZE(out_shape) < 1) {
+        PyTuple_GET_SIZE(out_shape) < 1 || PyTuple_GET_SIZE(out_shape) > ROW_MAX_ND + 1) {
         PyErr_SetString(PyExc_ValueError, "the kernel takes float32, int8 or uint8 tensors");
         return NULL;
     }
@@ -1016,8 +1022,11 @@ RowKernel_configure(RowKernel *self, PyObject *args)
         self->row_shape[d] = PyLong_AsSsize_t(PyTuple_GET_ITEM(row_shape, d));
         in_count *= self->row_shape[d];
     }
-    for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(out_shape); d++) {
-        out_count *= PyLong_AsSsize_t(PyTuple_GET_ITEM(out_shape, d));
+    Py_intptr_t out_dims[ROW_MAX_ND + 1];
+    const int out_nd = (int)PyTuple_GET_SIZE(out_shape);
+    for (int d = 0; d < out_nd; d++) {
+        out_dims[d] = PyLong_AsSsize_t(PyTuple_GET_ITEM(out_shape, d));
+        out_count *= out_dims[d];
     }
     if (PyErr_Occurred()) {
         return NULL;
@@ -1061,6 +1070,8 @@ RowKernel_configure(RowKernel *self, PyObject *args)
     self->in_count = in_count;
     self->out_count = out_count;
     self->row_nd = (int)nd;
+    self->out_nd = out_nd;
+    memcpy(self->out_dims, out_dims, sizeof out_dims);
     self->in_type = in_type;
     self->out_type = out_type;
     self->in_scale = (float)in_scale;

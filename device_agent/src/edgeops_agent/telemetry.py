@@ -500,9 +500,10 @@ class Telemetry:
                 self._disarm()
                 self._close()
                 self._arm()
-            if self._sampler is not None:
+            sampler = self._sampler
+            if self._sampling and sampler is not None:
                 self._disarm()  # the sampler counts the calls let pass, and may draw anew
-                self._sampler.observe()
+                sampler.observe()
                 self._arm()
 
     def close(self) -> None:

@@ -231,40 +231,25 @@ layout_decref(Layout *L)
 
 /* --- binning --------------------------------------------------------------------------- */
 
-/* how many of the sorted thresholds t[0..n) are <= v */
-static inline Py_ssize_t
-reached_d(const double *t, Py_ssize_t n, double v)
-{
-    Py_ssize_t lo = 0;
-    while (n > 0) {
-        Py_ssize_t half = n / 2;
-        if (t[lo + half] <= v) {
-            lo += half + 1;
-            n -= half + 1;
-        }
-        else {
-            n = half;
-        }
+/* how many of the sorted thresholds t[0..n) are <= v (double and float thresholds) */
+#define REACHED(NAME, T)                                                                 \
+    static inline Py_ssize_t NAME(const T *t, Py_ssize_t n, T v)                         \
+    {                                                                                    \
+        Py_ssize_t lo = 0;                                                               \
+        while (n > 0) {                                                                  \
+            Py_ssize_t half = n / 2;                                                     \
+            if (t[lo + half] <= v) {                                                     \
+                lo += half + 1;                                                          \
+                n -= half + 1;                                                           \
+            }                                                                            \
+            else {                                                                       \
+                n = half;                                                                \
+            }                                                                            \
+        }                                                                                \
+        return lo;                                                                       \
     }
-    return lo;
-}
-
-static inline Py_ssize_t
-reached_f(const float *t, Py_ssize_t n, float v)
-{
-    Py_ssize_t lo = 0;
-    while (n > 0) {
-        Py_ssize_t half = n / 2;
-        if (t[lo + half] <= v) {
-            lo += half + 1;
-            n -= half + 1;
-        }
-        else {
-            n = half;
-        }
-    }
-    return lo;
-}
+REACHED(reached_d, double)
+REACHED(reached_f, float)
 
 static inline Py_ssize_t
 bin_small(const double *t, Py_ssize_t n, double v)
